@@ -1,0 +1,34 @@
+# The two commands a new machine needs:  make run   and   make test
+VENV ?= .venv
+PYTHON ?= python3
+CONFIG ?= config/gateway.toml
+BIN = $(VENV)/bin
+
+.PHONY: run test lint pytest system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+## run: set up, make a secret on first use, and serve with the example config
+run: $(BIN)/.installed
+	$(BIN)/dicom-gateway init-secret var/secret.key --exist-ok
+	$(BIN)/dicom-gateway serve --config $(CONFIG)
+
+## test: set up (Python packages and dcmtk, dicom3tools), lint, type-check, run every test
+test: $(BIN)/.installed system-deps lint pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check gateway tests
+	$(BIN)/mypy
+
+pytest: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,326 @@
+"""Command line: ``dicom-gateway <command>``.
+
+Exit status: 0 success, 1 something was quarantined or not found, 2 configuration or usage error,
+3 state (database, data folder) error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
+
+from pydicom.datadict import keyword_for_tag
+
+from gateway import __version__
+from gateway.anonymize import Anonymizer, Summary, anonymize_tree, output_path, write_atomically
+from gateway.deidentify import deidentify_bytes
+from gateway.errors import ConfigError, GatewayError, InstanceError, NotDicom, StateError
+from gateway.pseudonyms import PseudonymStore
+from gateway.quarantine import Quarantine, QuarantineRecord
+from gateway.settings import Settings, load_settings, write_new_secret
+
+DEFAULT_CONFIG = "config/gateway.toml"
+CONFIG_ENV = "DICOM_GATEWAY_CONFIG"
+
+EXIT_OK = 0
+EXIT_ATTENTION = 1
+EXIT_CONFIG = 2
+EXIT_STATE = 3
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config))
+
+
+def _print_progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+# --- init-secret -------------------------------------------------------------------------------
+
+
+def cmd_init_secret(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if path.exists():
+        print(f"{path} exists; keeping it (a new secret would change every pseudonym)",
+              file=sys.stderr)
+        return EXIT_OK if args.exist_ok else EXIT_CONFIG
+    write_new_secret(path)
+    print(f"wrote a new secret to {path} (mode 0600); back it up with the pseudonym map")
+    return EXIT_OK
+
+
+# --- anonymize ---------------------------------------------------------------------------------
+
+
+def cmd_anonymize(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    secret = settings.require_secret()
+    store = PseudonymStore(settings.database_url)
+    try:
+        anonymizer = Anonymizer(settings.policy(), secret, store, Quarantine(settings.quarantine_dir))
+        progress = _print_progress if sys.stderr.isatty() and not args.json else None
+        summary = anonymize_tree(Path(args.src), Path(args.dst), anonymizer, progress)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        _print_summary(summary, sys.stdout)
+    return EXIT_ATTENTION if summary.quarantined else EXIT_OK
+
+
+def _print_summary(summary: Summary, out: TextIO) -> None:
+    print(f"files in:     {summary.files_in}", file=out)
+    print(f"written:      {summary.written}", file=out)
+    print(f"quarantined:  {summary.quarantined}", file=out)
+    for reason, count in sorted(summary.reasons.items()):
+        print(f"  {reason}: {count}", file=out)
+    print(f"skipped:      {summary.skipped} (not DICOM instances)", file=out)
+    for reason, count in sorted(summary.skip_reasons.items()):
+        print(f"  {reason}: {count}", file=out)
+    if summary.unhandled:
+        print("attributes not in PS3.15 Table E.1-1, kept (review them, or set "
+              "deidentify.strict = true to remove):", file=out)
+        for tag, count in sorted(summary.unhandled.items()):
+            name = keyword_for_tag(tag) or "unknown"
+            print(f"  ({tag >> 16:04X},{tag & 0xFFFF:04X}) {name}: {count} files", file=out)
+    if summary.quarantined:
+        print("see `dicom-gateway quarantine list`", file=out)
+
+
+# --- map ---------------------------------------------------------------------------------------
+
+
+def cmd_map_lookup(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = PseudonymStore(settings.database_url)
+    try:
+        entries = store.lookup(args.term)
+    finally:
+        store.close()
+    if not entries:
+        print("no entry with that original or pseudonym", file=sys.stderr)
+        return EXIT_ATTENTION
+    for e in entries:
+        print(f"{e.kind}\t{e.original}\t{e.pseudonym}\tfirst {e.first_seen:%Y-%m-%d}"
+              f"\tlast {e.last_seen:%Y-%m-%d}\tseen {e.count}")
+    return EXIT_OK
+
+
+def cmd_map_export(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = PseudonymStore(settings.database_url)
+    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        if args.output:
+            os.chmod(args.output, 0o600)  # the export is the re-identification key
+        writer = csv.writer(out)
+        writer.writerow(["kind", "original", "pseudonym", "first_seen", "last_seen", "count"])
+        for e in store.export(args.kind or ()):
+            writer.writerow([e.kind, e.original, e.pseudonym, e.first_seen.isoformat(),
+                             e.last_seen.isoformat(), e.count])
+    finally:
+        store.close()
+        if out is not sys.stdout:
+            out.close()
+    return EXIT_OK
+
+
+# --- quarantine --------------------------------------------------------------------------------
+
+
+def _record_dict(record: QuarantineRecord) -> dict[str, object]:
+    return {
+        "id": record.id, "time": record.time, "source": record.source, "reason": record.reason,
+        "error_class": record.error_class, "message": record.message, "size": record.size,
+        "context": record.context,
+    }
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    records = Quarantine(_settings(args).quarantine_dir).list()
+    if args.json:
+        print(json.dumps([_record_dict(r) for r in records], indent=2))
+        return EXIT_OK
+    for r in records:
+        print(f"{r.id}\t{r.time[:19]}\t{r.reason}\t{r.message}")
+    print(f"{len(records)} in quarantine", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    quarantine = Quarantine(_settings(args).quarantine_dir)
+    try:
+        record = quarantine.get(args.id)
+    except KeyError:
+        print(f"no quarantine entry {args.id}", file=sys.stderr)
+        return EXIT_ATTENTION
+    print(json.dumps(_record_dict(record), indent=2))
+    return EXIT_OK
+
+
+def _selected(quarantine: Quarantine, args: argparse.Namespace) -> list[QuarantineRecord]:
+    if args.all:
+        return quarantine.list()
+    records = []
+    for record_id in args.ids:
+        try:
+            records.append(quarantine.get(record_id))
+        except KeyError as exc:
+            raise ConfigError(f"no quarantine entry {record_id}") from exc
+    return records
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    """Run each original through the engine again (e.g. after fixing the patient table)."""
+    settings = _settings(args)
+    secret = settings.require_secret()
+    policy = settings.policy()
+    quarantine = Quarantine(settings.quarantine_dir)
+    store = PseudonymStore(settings.database_url)
+    failed = 0
+    try:
+        for record in _selected(quarantine, args):
+            target = args.to or record.context.get("destination")
+            if not target:
+                print(f"{record.id}: no destination recorded; give --to DIR", file=sys.stderr)
+                failed += 1
+                continue
+            try:
+                clean = deidentify_bytes(quarantine.original(record.id), policy, secret)
+            except (InstanceError, NotDicom) as exc:
+                reason = exc.reason if isinstance(exc, InstanceError) else "not-dicom"
+                quarantine.update(_with_failure(record, reason, exc))
+                print(f"{record.id}: still fails: {reason}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            write_atomically(output_path(Path(target), clean), clean.data, durable=True)
+            store.record(clean.result.pseudonyms)
+            quarantine.remove(record.id)
+            print(f"{record.id}: released to {target}")
+    finally:
+        store.close()
+    return EXIT_ATTENTION if failed else EXIT_OK
+
+
+def _with_failure(record: QuarantineRecord, reason: str, exc: Exception) -> QuarantineRecord:
+    context = dict(record.context)
+    context["release_attempts"] = int(context.get("release_attempts", 0)) + 1
+    return QuarantineRecord(
+        id=record.id, time=record.time, source=record.source, reason=reason,
+        error_class=type(exc).__name__, message=str(exc), size=record.size, context=context,
+    )
+
+
+def cmd_quarantine_purge(args: argparse.Namespace) -> int:
+    quarantine = Quarantine(_settings(args).quarantine_dir)
+    if args.older_than is not None:
+        cutoff = datetime.now(UTC) - timedelta(days=args.older_than)
+        records = [r for r in quarantine.list() if r.when < cutoff]
+    else:
+        records = _selected(quarantine, args)
+    for record in records:
+        quarantine.remove(record.id)
+    print(f"purged {len(records)}")
+    return EXIT_OK
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=os.environ.get(CONFIG_ENV, DEFAULT_CONFIG),
+        help=f"TOML settings file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-gateway", description="Store-and-forward anonymizing DICOM gateway."
+    )
+    parser.add_argument("--version", action="version", version=f"dicom-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("init-secret", help="make a new secret key file (32 random bytes)")
+    p.add_argument("file")
+    p.add_argument("--exist-ok", action="store_true", help="succeed if the file already exists")
+    p.set_defaults(func=cmd_init_secret)
+
+    p = commands.add_parser("anonymize", help="de-identify every DICOM file under SRC into DST")
+    _add_config(p)
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_anonymize)
+
+    map_parser = commands.add_parser("map", help="the pseudonym map (re-identification key)")
+    map_commands = map_parser.add_subparsers(dest="map_command", required=True)
+    p = map_commands.add_parser("lookup", help="find an original or a pseudonym")
+    _add_config(p)
+    p.add_argument("term")
+    p.set_defaults(func=cmd_map_lookup)
+    p = map_commands.add_parser("export", help="write the map as CSV")
+    _add_config(p)
+    p.add_argument("--format", choices=["csv"], default="csv")
+    p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift"])
+    p.add_argument("--output", help="file to write (created 0600); default standard output")
+    p.set_defaults(func=cmd_map_export)
+
+    q_parser = commands.add_parser("quarantine", help="instances that could not be passed on")
+    q_commands = q_parser.add_subparsers(dest="quarantine_command", required=True)
+    p = q_commands.add_parser("list")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quarantine_list)
+    p = q_commands.add_parser("show")
+    _add_config(p)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_quarantine_show)
+    for name, func, text in (
+        ("release", cmd_quarantine_release, "de-identify again and pass on"),
+        ("purge", cmd_quarantine_purge, "delete for good"),
+    ):
+        p = q_commands.add_parser(name, help=text)
+        _add_config(p)
+        p.add_argument("ids", nargs="*")
+        p.add_argument("--all", action="store_true")
+        if name == "release":
+            p.add_argument("--to", help="output folder (default: the one the entry came from)")
+        else:
+            p.add_argument("--older-than", type=float, metavar="DAYS")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "ids", None) == [] and not args.all and getattr(args, "older_than", None) is None:
+        parser.error("give entry ids, or --all")
+    try:
+        result: int = args.func(args)
+        return result
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

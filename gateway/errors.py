@@ -1,0 +1,67 @@
+"""The gateway's exceptions, in one tree.
+
+GatewayError
+├── ConfigError            settings file or value is wrong (message names the key and the fix)
+│   └── SecretError        no usable secret key
+├── StateError             the database or data folder cannot be used
+├── NotDicom               input that is not DICOM at all (skipped and reported, not quarantined)
+└── InstanceError          one instance cannot be passed on; it goes to quarantine
+    ├── MalformedInstance      unreadable, truncated, or missing a required attribute
+    ├── UnknownPatient         patient not in the configured lookup table
+    ├── BurnedInAnnotation     pixel data may show identifying text
+    └── LeakDetected           an original identifying value survived de-identification
+
+Each InstanceError carries a short machine-readable ``reason`` for the quarantine record
+and a DIMSE ``status`` to answer when the gateway is configured to refuse the instance.
+Messages never contain values taken from a dataset: only element names, tags and classes.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A configuration key is missing or has a wrong value."""
+
+
+class SecretError(ConfigError):
+    """The secret key for keyed pseudonyms is missing or unusable."""
+
+
+class StateError(GatewayError):
+    """The pseudonym database or the data folder cannot be used."""
+
+
+class NotDicom(GatewayError):
+    """Input that is not a DICOM file or data set (empty, text, an image of another format)."""
+
+
+class InstanceError(GatewayError):
+    """An instance that cannot be de-identified and passed on."""
+
+    reason = "error"
+    # 0xC000 range: "cannot understand"; a refusing gateway answers with it.
+    status = 0xC000
+
+
+class MalformedInstance(InstanceError):
+    reason = "malformed"
+    status = 0xC001
+
+
+class UnknownPatient(InstanceError):
+    reason = "unknown-patient"
+    status = 0xC002
+
+
+class BurnedInAnnotation(InstanceError):
+    reason = "burned-in-annotation"
+    status = 0xC003
+
+
+class LeakDetected(InstanceError):
+    reason = "leak-detected"
+    status = 0xC004

@@ -1,0 +1,131 @@
+"""Originals that could not be passed on, each with a JSON record of why.
+
+Layout: ``<data_dir>/quarantine/<id>/original.dcm`` and ``record.json``, folders 0700 and files
+0600, written to a temporary folder first and renamed, so a record is whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import GatewayError, InstanceError, StateError
+
+ORIGINAL = "original.dcm"
+RECORD = "record.json"
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    id: str
+    time: str
+    source: str  # file path (offline) or "AE@host:port" (network)
+    reason: str  # machine-readable, e.g. "leak-detected"
+    error_class: str
+    message: str  # names elements and classes, never values
+    size: int
+    context: dict[str, Any] = field(default_factory=dict)  # e.g. {"destination": "out/"}
+
+    @property
+    def when(self) -> datetime:
+        return datetime.fromisoformat(self.time)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class Quarantine:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            raise StateError(f"cannot create the quarantine folder ({exc.strerror})") from exc
+
+    def put(
+        self, data: bytes, source: str, error: BaseException, context: dict[str, Any] | None = None
+    ) -> QuarantineRecord:
+        """Keep ``data`` durably with the reason taken from ``error``."""
+        self._ensure_root()
+        now = datetime.now(UTC)
+        record = QuarantineRecord(
+            id=f"{now:%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}",
+            time=now.isoformat(),
+            source=source,
+            reason=error.reason if isinstance(error, InstanceError) else "error",
+            error_class=type(error).__name__,
+            message=str(error) if isinstance(error, GatewayError) else type(error).__name__,
+            size=len(data),
+            context=dict(context or {}),
+        )
+        staging = self.root / f".{record.id}.tmp"
+        try:
+            staging.mkdir(mode=0o700)
+            _write_private(staging / ORIGINAL, data)
+            _write_private(staging / RECORD, json.dumps(asdict(record), indent=2).encode())
+            _fsync_dir(staging)
+            staging.rename(self.root / record.id)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StateError(f"cannot write to quarantine ({exc.strerror})") from exc
+        return record
+
+    def list(self) -> list[QuarantineRecord]:
+        if not self.root.is_dir():
+            return []
+        records = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or not (entry / RECORD).is_file():
+                continue
+            records.append(self._read(entry))
+        return records
+
+    def _read(self, folder: Path) -> QuarantineRecord:
+        data = json.loads((folder / RECORD).read_text())
+        return QuarantineRecord(**data)
+
+    def get(self, record_id: str) -> QuarantineRecord:
+        folder = self._folder(record_id)
+        return self._read(folder)
+
+    def original(self, record_id: str) -> bytes:
+        return (self._folder(record_id) / ORIGINAL).read_bytes()
+
+    def update(self, record: QuarantineRecord) -> None:
+        folder = self._folder(record.id)
+        temp = folder / f".{RECORD}.tmp"
+        temp.unlink(missing_ok=True)
+        _write_private(temp, json.dumps(asdict(record), indent=2).encode())
+        temp.replace(folder / RECORD)
+
+    def remove(self, record_id: str) -> None:
+        shutil.rmtree(self._folder(record_id))
+
+    def _folder(self, record_id: str) -> Path:
+        folder = self.root / record_id
+        if "/" in record_id or record_id.startswith(".") or not (folder / RECORD).is_file():
+            raise KeyError(record_id)
+        return folder

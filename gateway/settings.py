@@ -1,0 +1,430 @@
+"""One frozen, validated settings object, read from TOML at start-up.
+
+Every error names the key it is about and says how to fix it. Relative paths are taken from the
+working directory, as the command line does. The secret comes from ``gateway.secret_file`` or the
+environment variable ``DICOM_GATEWAY_SECRET``; it never appears in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.deid.engine import PatientPolicy, Policy
+from gateway.deid.private import SafePrivateList, parse_user_list, standard_safe_private
+from gateway.deid.profile import build_profile
+from gateway.deid.uids import DEFAULT_ROOT, MAX_UID_LENGTH
+from gateway.errors import ConfigError, SecretError
+
+SECRET_ENV = "DICOM_GATEWAY_SECRET"
+MIN_SECRET_BYTES = 16
+SECRET_BYTES = 32
+_AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # printable ASCII but backslash
+_UID_ROOT = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
+T = TypeVar("T")
+
+
+class Secret:
+    """The gateway's key; prints as a mask so it cannot reach a log by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    ae_title: str = "DICOM_GW"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling_aes: tuple[str, ...] = ()
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class PatientSettings:
+    mode: str = "hash"
+    prefix: str = "ANON"
+    table_file: Path | None = None
+    fixed_id: str = "ANONYMOUS"
+    fixed_name: str = "ANONYMOUS"
+    table: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class DeidentifySettings:
+    options: tuple[str, ...] = ()
+    uid_root: str = DEFAULT_ROOT
+    strict: bool = False
+    trust_deidentified: bool = False
+    quarantine_burned_in_annotation: bool = True
+    safe_private_file: Path | None = None
+    replacement_institution_name: str = ""
+    date_shift_min_days: int = 1
+    date_shift_max_days: int = 365
+    patient: PatientSettings = PatientSettings()
+    user_safe_private: SafePrivateList = field(
+        default=SafePrivateList(frozenset()), repr=False
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    gateway: GatewaySettings
+    destinations: tuple[Destination, ...]
+    deidentify: DeidentifySettings
+    secret: Secret | None = None
+    source: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.gateway.data_dir
+
+    @property
+    def database_url(self) -> str:
+        if self.gateway.database_url:
+            return self.gateway.database_url
+        return f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    def require_secret(self) -> bytes:
+        if self.secret is None:
+            raise SecretError(
+                "no secret key: run `dicom-gateway init-secret var/secret.key` and set "
+                f'gateway.secret_file = "var/secret.key" in the config, or set {SECRET_ENV}'
+            )
+        return self.secret.reveal()
+
+    def policy(self) -> Policy:
+        """The de-identification policy these settings describe (for the pure engine)."""
+        d = self.deidentify
+        safe = standard_safe_private().union(d.user_safe_private)
+        return Policy(
+            profile=build_profile(d.options),
+            patient=PatientPolicy(
+                mode=d.patient.mode,  # type: ignore[arg-type]
+                prefix=d.patient.prefix,
+                table=d.patient.table,
+                fixed_id=d.patient.fixed_id,
+                fixed_name=d.patient.fixed_name,
+            ),
+            uid_root=d.uid_root,
+            date_shift_min_days=d.date_shift_min_days,
+            date_shift_max_days=d.date_shift_max_days,
+            trust_deidentified=d.trust_deidentified,
+            strict=d.strict,
+            quarantine_burned_in_annotation=d.quarantine_burned_in_annotation,
+            safe_private=safe,
+            replacement_institution_name=d.replacement_institution_name,
+        )
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+class _Section:
+    """A TOML table being read: typed getters that name the full key on error."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, kind: type[T], default: T) -> T:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(
+                f"{self.key(name)}: expected {_kind_name(kind)}, got {type(value).__name__} "
+                f"({value!r})"
+            )
+        return value
+
+    def section(self, name: str) -> _Section:
+        table = self.get(name, dict, {})
+        return _Section(table, self.key(name))
+
+    def finish(self, known_sections: tuple[str, ...] = ()) -> None:
+        """Reject keys that nothing read: a typo should fail, not be silently ignored."""
+        for name in self.data:
+            if name not in self.used and name not in known_sections:
+                choices = sorted(self.used | set(known_sections))
+                close = difflib.get_close_matches(name, choices, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {choices}"
+                raise ConfigError(f"{self.key(name)}: unknown key{hint}")
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+            dict: "a table"}.get(kind, kind.__name__)
+
+
+def _ae_title(value: str, key: str) -> str:
+    if not _AE_TITLE.fullmatch(value) or not value.strip():
+        raise ConfigError(
+            f"{key}: {value!r} is not a valid AE title (1-16 printable ASCII characters, "
+            "no backslash)"
+        )
+    return value.strip()
+
+
+def _port(value: int, key: str) -> int:
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{key}: port {value} is out of range; use 1-65535")
+    return value
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def _read_gateway(section: _Section) -> GatewaySettings:
+    allowed = section.get("allowed_calling_aes", list, [])
+    titles = tuple(
+        _ae_title(_string_item(v, section.key(f"allowed_calling_aes[{i}]")),
+                  section.key(f"allowed_calling_aes[{i}]"))
+        for i, v in enumerate(allowed)
+    )
+    result = GatewaySettings(
+        ae_title=_ae_title(section.get("ae_title", str, "DICOM_GW"), section.key("ae_title")),
+        host=section.get("host", str, "127.0.0.1"),
+        port=_port(section.get("port", int, 11112), section.key("port")),
+        allowed_calling_aes=titles,
+        data_dir=Path(section.get("data_dir", str, "var")).expanduser(),
+        database_url=section.get("database_url", str, ""),
+        secret_file=_optional_path(section.get("secret_file", str, "")),
+    )
+    section.finish()
+    return result
+
+
+def _string_item(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _read_destinations(items: list[Any]) -> tuple[Destination, ...]:
+    destinations = []
+    names: set[str] = set()
+    for index, raw in enumerate(items):
+        prefix = f"destinations[{index}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{prefix}: expected a table ([[destinations]])")
+        section = _Section(raw, prefix)
+        name = section.get("name", str, "")
+        if not name:
+            raise ConfigError(f"{prefix}.name: every destination needs a unique name")
+        if name in names:
+            raise ConfigError(f"{prefix}.name: {name!r} is used twice; names must be unique")
+        names.add(name)
+        if "ae_title" not in raw:
+            raise ConfigError(f"{prefix}.ae_title: missing; give the archive's AE title")
+        destinations.append(
+            Destination(
+                name=name,
+                ae_title=_ae_title(section.get("ae_title", str, ""), section.key("ae_title")),
+                host=section.get("host", str, "127.0.0.1"),
+                port=_port(section.get("port", int, 104), section.key("port")),
+            )
+        )
+        section.finish()
+    return tuple(destinations)
+
+
+def _read_patient(section: _Section) -> PatientSettings:
+    mode = section.get("mode", str, "hash")
+    if mode not in ("hash", "table", "fixed"):
+        raise ConfigError(f"{section.key('mode')}: {mode!r} is not one of 'hash', 'table', 'fixed'")
+    table_file = _optional_path(section.get("table_file", str, ""))
+    table: dict[str, str] = {}
+    if mode == "table":
+        if table_file is None:
+            raise ConfigError(
+                f"{section.key('table_file')}: mode 'table' needs a CSV file of "
+                "original PatientID,subject ID rows"
+            )
+        table = read_patient_table(table_file, section.key("table_file"))
+    prefix = section.get("prefix", str, "ANON")
+    if len(prefix) > 48:
+        raise ConfigError(f"{section.key('prefix')}: at most 48 characters (PatientID is LO, 64)")
+    result = PatientSettings(
+        mode=mode,
+        prefix=prefix,
+        table_file=table_file,
+        fixed_id=section.get("fixed_id", str, "ANONYMOUS"),
+        fixed_name=section.get("fixed_name", str, "ANONYMOUS"),
+        table=table,
+    )
+    section.finish()
+    return result
+
+
+def read_patient_table(path: Path, key: str) -> dict[str, str]:
+    """CSV rows ``original PatientID,subject ID``; an optional header row is skipped."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror})") from exc
+    table: dict[str, str] = {}
+    for number, row in enumerate(rows, start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if len(cells) < 2 or not cells[1]:
+            raise ConfigError(f"{key}: {path} line {number}: expected 'PatientID,subject ID'")
+        if number == 1 and cells[0].lower().replace(" ", "") in ("patientid", "original"):
+            continue
+        table[cells[0]] = cells[1]
+    return table
+
+
+def _read_deidentify(section: _Section) -> DeidentifySettings:
+    options = section.get("options", list, [])
+    option_keys = tuple(
+        _string_item(v, section.key(f"options[{i}]")) for i, v in enumerate(options)
+    )
+    build_profile(option_keys)  # validates names and combinations, naming the key
+    uid_root = section.get("uid_root", str, "") or DEFAULT_ROOT
+    if not _UID_ROOT.fullmatch(uid_root) or len(uid_root) > MAX_UID_LENGTH - 20:
+        raise ConfigError(
+            f"{section.key('uid_root')}: {uid_root!r} is not a UID root (digits and dots, "
+            f"no leading zeros, at most {MAX_UID_LENGTH - 20} characters); empty means 2.25"
+        )
+    safe_file = _optional_path(section.get("safe_private_file", str, ""))
+    user_safe = SafePrivateList(frozenset())
+    if safe_file is not None:
+        key = section.key("safe_private_file")
+        try:
+            lines = safe_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {safe_file} ({exc.strerror})") from exc
+        user_safe = parse_user_list(lines, f"{key} ({safe_file})")
+    dates = section.section("dates")
+    min_days = dates.get("shift_min_days", int, 1)
+    max_days = dates.get("shift_max_days", int, 365)
+    if not 0 <= min_days <= max_days <= 36500:
+        raise ConfigError(
+            f"{dates.key('shift_min_days')}/{dates.key('shift_max_days')}: need "
+            "0 <= shift_min_days <= shift_max_days <= 36500"
+        )
+    dates.finish()
+    result = DeidentifySettings(
+        options=option_keys,
+        uid_root=uid_root,
+        strict=section.get("strict", bool, False),
+        trust_deidentified=section.get("trust_deidentified", bool, False),
+        quarantine_burned_in_annotation=section.get(
+            "quarantine_burned_in_annotation", bool, True
+        ),
+        safe_private_file=safe_file,
+        replacement_institution_name=section.get("replacement_institution_name", str, "")[:64],
+        date_shift_min_days=min_days,
+        date_shift_max_days=max_days,
+        patient=_read_patient(section.section("patient")),
+        user_safe_private=user_safe,
+    )
+    section.finish()
+    return result
+
+
+def parse_secret(material: bytes, where: str) -> Secret:
+    """Hex text (as init-secret writes) or raw bytes; at least 16 bytes of key."""
+    text = material.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii")) if text else b""
+    except (UnicodeDecodeError, ValueError):
+        key = text
+    if len(key) < MIN_SECRET_BYTES:
+        raise SecretError(
+            f"{where}: the secret is too short ({len(key)} bytes, need {MIN_SECRET_BYTES}); "
+            "make one with `dicom-gateway init-secret FILE`"
+        )
+    return Secret(key)
+
+
+def _read_secret(gateway: GatewaySettings) -> Secret | None:
+    if gateway.secret_file is not None:
+        try:
+            material = gateway.secret_file.read_bytes()
+        except OSError as exc:
+            raise SecretError(
+                f"gateway.secret_file: cannot read {gateway.secret_file} ({exc.strerror}); "
+                f"make one with `dicom-gateway init-secret {gateway.secret_file}`"
+            ) from exc
+        return parse_secret(material, "gateway.secret_file")
+    env = os.environ.get(SECRET_ENV)
+    if env:
+        return parse_secret(env.encode(), SECRET_ENV)
+    return None
+
+
+def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Settings:
+    root = _Section(data, "")
+    gateway = _read_gateway(root.section("gateway"))
+    destinations = _read_destinations(root.get("destinations", list, []))
+    deidentify = _read_deidentify(root.section("deidentify"))
+    root.finish()
+    return Settings(
+        gateway=gateway,
+        destinations=destinations,
+        deidentify=deidentify,
+        secret=_read_secret(gateway),
+        source=source,
+    )
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path} ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    return parse_settings(data, path)
+
+
+def write_new_secret(path: Path) -> None:
+    """32 random bytes, hex-encoded, in a new file readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(SECRET_BYTES) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
