@@ -115,7 +115,8 @@ class Anonymizer:
             summary.skip_reasons[str(exc)] += 1
             return False
         except InstanceError as exc:
-            self.quarantine.put(data, source, exc, {"destination": str(dst)})
+            # Absolute: `quarantine release` may run from another working directory.
+            self.quarantine.put(data, source, exc, {"destination": str(dst.resolve())})
             summary.quarantined += 1
             summary.reasons[exc.reason] += 1
             return False

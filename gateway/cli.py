@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,12 +20,14 @@ from typing import TextIO
 from pydicom.datadict import keyword_for_tag
 
 from gateway import __version__
-from gateway.anonymize import Anonymizer, Summary, anonymize_tree, output_path, write_atomically
-from gateway.deidentify import deidentify_bytes
-from gateway.errors import ConfigError, GatewayError, InstanceError, NotDicom, StateError
+from gateway.anonymize import Anonymizer, Summary, anonymize_tree
+from gateway.deliveries import Deliveries, status_report
+from gateway.errors import ConfigError, GatewayError, InstanceError, StateError
 from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import Quarantine, QuarantineRecord
+from gateway.release import Releaser
 from gateway.settings import Settings, load_settings, write_new_secret
+from gateway.spool import Spool
 
 DEFAULT_CONFIG = "config/gateway.toml"
 CONFIG_ENV = "DICOM_GATEWAY_CONFIG"
@@ -185,44 +188,26 @@ def _selected(quarantine: Quarantine, args: argparse.Namespace) -> list[Quaranti
 
 
 def cmd_quarantine_release(args: argparse.Namespace) -> int:
-    """Run each original through the engine again (e.g. after fixing the patient table)."""
+    """Send each entry back the way it came (see gateway.release)."""
     settings = _settings(args)
-    secret = settings.require_secret()
-    policy = settings.policy()
     quarantine = Quarantine(settings.quarantine_dir)
     store = PseudonymStore(settings.database_url)
+    deliveries = Deliveries(settings.database_url)
+    releaser = Releaser(settings, quarantine, store, deliveries)
     failed = 0
     try:
         for record in _selected(quarantine, args):
-            target = args.to or record.context.get("destination")
-            if not target:
-                print(f"{record.id}: no destination recorded; give --to DIR", file=sys.stderr)
-                failed += 1
-                continue
             try:
-                clean = deidentify_bytes(quarantine.original(record.id), policy, secret)
-            except (InstanceError, NotDicom) as exc:
-                reason = exc.reason if isinstance(exc, InstanceError) else "not-dicom"
-                quarantine.update(_with_failure(record, reason, exc))
-                print(f"{record.id}: still fails: {reason}: {exc}", file=sys.stderr)
+                where = releaser.release(record, Path(args.to) if args.to else None)
+            except InstanceError as exc:
+                print(f"{record.id}: still fails: {exc.reason}: {exc}", file=sys.stderr)
                 failed += 1
                 continue
-            write_atomically(output_path(Path(target), clean), clean.data, durable=True)
-            store.record(clean.result.pseudonyms)
-            quarantine.remove(record.id)
-            print(f"{record.id}: released to {target}")
+            print(f"{record.id}: released to {where}")
     finally:
         store.close()
+        deliveries.close()
     return EXIT_ATTENTION if failed else EXIT_OK
-
-
-def _with_failure(record: QuarantineRecord, reason: str, exc: Exception) -> QuarantineRecord:
-    context = dict(record.context)
-    context["release_attempts"] = int(context.get("release_attempts", 0)) + 1
-    return QuarantineRecord(
-        id=record.id, time=record.time, source=record.source, reason=reason,
-        error_class=type(exc).__name__, message=str(exc), size=record.size, context=context,
-    )
 
 
 def cmd_quarantine_purge(args: argparse.Namespace) -> int:
@@ -236,6 +221,60 @@ def cmd_quarantine_purge(args: argparse.Namespace) -> int:
         quarantine.remove(record.id)
     print(f"purged {len(records)}")
     return EXIT_OK
+
+
+# --- serve, status, echo ----------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.service import serve
+
+    serve(_settings(args))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    deliveries = Deliveries(settings.database_url)
+    try:
+        spool_ids = Spool(settings.spool_dir).ids() if settings.spool_dir.is_dir() else []
+        report = status_report(deliveries, spool_ids, [d.name for d in settings.destinations],
+                               time.time())
+    finally:
+        deliveries.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    for key in ("received", "forwarded", "quarantined", "dead_lettered", "pending"):
+        print(f"{key:14} {report[key]}")
+    destinations = report["destinations"]
+    assert isinstance(destinations, dict)
+    for name, d in destinations.items():
+        age = d["oldest_pending_age_seconds"]
+        oldest = "" if age is None else f", oldest {age:.0f} s"
+        print(f"  {name}: pending {d['pending']}{oldest}; forwarded {d['forwarded']}, "
+              f"dead letters {d['dead_lettered']}, filtered {d['filtered']}")
+    return EXIT_OK
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from gateway.forward import echo
+
+    settings = _settings(args)
+    chosen = [d for d in settings.destinations if not args.destination or d.name == args.destination]
+    if not chosen:
+        raise ConfigError(f"no destination named {args.destination!r} in the config")
+    failed = 0
+    for destination in chosen:
+        status = echo(settings, destination)
+        where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+        if status == 0:
+            print(f"{where}: C-ECHO success")
+        else:
+            failed += 1
+            reason = "no association" if status is None else f"status 0x{status:04X}"
+            print(f"{where}: C-ECHO failed: {reason}")
+    return EXIT_ATTENTION if failed else EXIT_OK
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -266,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_anonymize)
+
+    p = commands.add_parser("serve", help="run the gateway (until SIGTERM or SIGINT)")
+    _add_config(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("status", help="counts and pending work, from the persisted state")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = commands.add_parser("echo", help="C-ECHO each destination (or the one named)")
+    _add_config(p)
+    p.add_argument("destination", nargs="?")
+    p.set_defaults(func=cmd_echo)
 
     map_parser = commands.add_parser("map", help="the pseudonym map (re-identification key)")
     map_commands = map_parser.add_subparsers(dest="map_command", required=True)

@@ -9,7 +9,8 @@ GatewayError
     ├── MalformedInstance      unreadable, truncated, or missing a required attribute
     ├── UnknownPatient         patient not in the configured lookup table
     ├── BurnedInAnnotation     pixel data may show identifying text
-    └── LeakDetected           an original identifying value survived de-identification
+    ├── LeakDetected           an original identifying value survived de-identification
+    └── DeliveryRefused        a destination refused a de-identified instance for good (dead letter)
 
 Each InstanceError carries a short machine-readable ``reason`` for the quarantine record
 and a DIMSE ``status`` to answer when the gateway is configured to refuse the instance.
@@ -65,3 +66,9 @@ class BurnedInAnnotation(InstanceError):
 class LeakDetected(InstanceError):
     reason = "leak-detected"
     status = 0xC004
+
+
+class DeliveryRefused(InstanceError):
+    """A destination refused the instance permanently, or kept failing past the retry age."""
+
+    reason = "dead-letter"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from gateway.deid.engine import Pseudonym
 from gateway.errors import StateError
+
+# One writer at a time in this process: SQLite serialises writers anyway, and taking turns here
+# avoids its lock-upgrade failures when receive and forward threads commit at once.
+WRITE_LOCK = threading.RLock()
 
 
 class Base(DeclarativeBase):
@@ -78,10 +83,18 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (SQLite would follow the umask).
+
+    Never open an existing database file here: closing any descriptor of a file drops this
+    process's POSIX locks on it, and SQLite would then let another process delete the WAL that
+    this process is still writing to.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
     os.close(fd)
-    os.chmod(path, 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -142,7 +155,7 @@ class PseudonymStore:
     def _record(self, merged: dict[tuple[str, str], tuple[str, int]]) -> None:
         now = _now()
         try:
-            with Session(self.engine) as session, session.begin():
+            with WRITE_LOCK, Session(self.engine) as session, session.begin():
                 existing = self._existing(session, list(merged))
                 for (kind, original), (pseudonym, count) in merged.items():
                     row_id = existing.get((kind, original))
@@ -198,7 +211,7 @@ class PseudonymStore:
                 yield _entry(row)
 
     def audit(self, action: str, query: str, account: str | None = None) -> None:
-        with Session(self.engine) as session, session.begin():
+        with WRITE_LOCK, Session(self.engine) as session, session.begin():
             session.add(AuditRow(at=_now(), action=action, query=query[:256],
                                  account=(account or _account())[:64]))
 

@@ -55,6 +55,24 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    # Routing filters: empty means every instance; otherwise the instance must match each.
+    modalities: tuple[str, ...] = ()
+    sop_classes: tuple[str, ...] = ()
+    calling_aes: tuple[str, ...] = ()
+
+    @property
+    def has_filters(self) -> bool:
+        return bool(self.modalities or self.sop_classes or self.calling_aes)
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    batch_size: int = 100  # instances sent on one association before looking for more work
+    idle_release_seconds: float = 5.0  # release the association after this long without work
+    retry_initial_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    max_retry_age_hours: float = 168.0  # older undeliverable instances become dead letters
+    rescan_seconds: float = 30.0  # look for spool entries added by others (released dead letters)
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,14 @@ class GatewaySettings:
     data_dir: Path = Path("var")
     database_url: str = ""
     secret_file: Path | None = None
+    max_associations: int = 10
+    max_pdu: int = 0  # 0: unlimited
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    # What the sender hears when an instance cannot be de-identified (it is quarantined
+    # either way): "accept" answers success so the sender does not retry forever.
+    on_deidentify_failure: str = "accept"
 
 
 @dataclass(frozen=True)
@@ -100,6 +126,7 @@ class Settings:
     gateway: GatewaySettings
     destinations: tuple[Destination, ...]
     deidentify: DeidentifySettings
+    forward: ForwardSettings = ForwardSettings()
     secret: Secret | None = None
     source: Path | None = None
 
@@ -116,6 +143,10 @@ class Settings:
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
 
     def require_secret(self) -> bytes:
         if self.secret is None:
@@ -220,6 +251,12 @@ def _read_gateway(section: _Section) -> GatewaySettings:
                   section.key(f"allowed_calling_aes[{i}]"))
         for i, v in enumerate(allowed)
     )
+    on_failure = section.get("on_deidentify_failure", str, "accept")
+    if on_failure not in ("accept", "refuse"):
+        raise ConfigError(
+            f"{section.key('on_deidentify_failure')}: {on_failure!r} is not 'accept' "
+            "(answer success, keep the original in quarantine) or 'refuse' (failure status)"
+        )
     result = GatewaySettings(
         ae_title=_ae_title(section.get("ae_title", str, "DICOM_GW"), section.key("ae_title")),
         host=section.get("host", str, "127.0.0.1"),
@@ -228,9 +265,67 @@ def _read_gateway(section: _Section) -> GatewaySettings:
         data_dir=Path(section.get("data_dir", str, "var")).expanduser(),
         database_url=section.get("database_url", str, ""),
         secret_file=_optional_path(section.get("secret_file", str, "")),
+        max_associations=_positive(section, "max_associations", int, 10),
+        max_pdu=_at_least(section, "max_pdu", 0, 0),
+        acse_timeout=_seconds(section, "acse_timeout", 30.0),
+        dimse_timeout=_seconds(section, "dimse_timeout", 60.0),
+        network_timeout=_seconds(section, "network_timeout", 120.0),
+        on_deidentify_failure=on_failure,
     )
     section.finish()
     return result
+
+
+def _number(section: _Section, name: str, default: float) -> float:
+    value = section.get(name, object, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{section.key(name)}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _seconds(section: _Section, name: str, default: float) -> float:
+    value = _number(section, name, default)
+    if value <= 0:
+        raise ConfigError(f"{section.key(name)}: must be more than 0 seconds")
+    return value
+
+
+def _positive(section: _Section, name: str, kind: type[int], default: int) -> int:
+    value = section.get(name, kind, default)
+    if value < 1:
+        raise ConfigError(f"{section.key(name)}: must be 1 or more")
+    return value
+
+
+def _at_least(section: _Section, name: str, minimum: int, default: int) -> int:
+    value = section.get(name, int, default)
+    if value < minimum:
+        raise ConfigError(f"{section.key(name)}: must be {minimum} or more")
+    return value
+
+
+def _read_forward(section: _Section) -> ForwardSettings:
+    result = ForwardSettings(
+        batch_size=_positive(section, "batch_size", int, 100),
+        idle_release_seconds=_seconds(section, "idle_release_seconds", 5.0),
+        retry_initial_seconds=_seconds(section, "retry_initial_seconds", 1.0),
+        retry_max_seconds=_seconds(section, "retry_max_seconds", 300.0),
+        max_retry_age_hours=_seconds(section, "max_retry_age_hours", 168.0),
+        rescan_seconds=_seconds(section, "rescan_seconds", 30.0),
+    )
+    if result.retry_max_seconds < result.retry_initial_seconds:
+        raise ConfigError(
+            f"{section.key('retry_max_seconds')}: must not be less than retry_initial_seconds"
+        )
+    section.finish()
+    return result
+
+
+def _string_list(section: _Section, name: str) -> tuple[str, ...]:
+    return tuple(
+        _string_item(v, section.key(f"{name}[{i}]"))
+        for i, v in enumerate(section.get(name, list, []))
+    )
 
 
 def _string_item(value: object, key: str) -> str:
@@ -261,6 +356,9 @@ def _read_destinations(items: list[Any]) -> tuple[Destination, ...]:
                 ae_title=_ae_title(section.get("ae_title", str, ""), section.key("ae_title")),
                 host=section.get("host", str, "127.0.0.1"),
                 port=_port(section.get("port", int, 104), section.key("port")),
+                modalities=tuple(m.upper() for m in _string_list(section, "modalities")),
+                sop_classes=_string_list(section, "sop_classes"),
+                calling_aes=_string_list(section, "calling_aes"),
             )
         )
         section.finish()
@@ -400,11 +498,13 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
     gateway = _read_gateway(root.section("gateway"))
     destinations = _read_destinations(root.get("destinations", list, []))
     deidentify = _read_deidentify(root.section("deidentify"))
+    forward = _read_forward(root.section("forward"))
     root.finish()
     return Settings(
         gateway=gateway,
         destinations=destinations,
         deidentify=deidentify,
+        forward=forward,
         secret=_read_secret(gateway),
         source=source,
     )

@@ -170,14 +170,14 @@ def deidentify(ds: Dataset, policy: Policy, secret: bytes) -> Result:
     """
     if SOP_INSTANCE_UID not in ds or not str(ds.get("SOPInstanceUID", "")).strip():
         raise MalformedInstance("SOPInstanceUID is missing")
-    if policy.quarantine_burned_in_annotation and str(ds.get(BURNED_IN, "")).upper() == "YES":
+    if policy.quarantine_burned_in_annotation and _value_text(ds, BURNED_IN).upper() == "YES":
         raise BurnedInAnnotation("BurnedInAnnotation is YES and pixel cleaning is not available")
     try:
         identifiers = leaks.collect_identifiers(ds, ignore=_own_values(policy))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MalformedInstance(f"cannot read patient attributes ({type(exc).__name__})") from exc
 
-    if policy.trust_deidentified and str(ds.get(IDENTITY_REMOVED, "")).upper() == "YES":
+    if policy.trust_deidentified and _value_text(ds, IDENTITY_REMOVED).upper() == "YES":
         return _pass_trusted(ds, identifiers)
 
     key = patient_key(ds)
@@ -199,7 +199,7 @@ def deidentify(ds: Dataset, policy: Policy, secret: bytes) -> Result:
         _clean_dataset(ds, walk, top=True)
         file_meta = getattr(ds, "file_meta", None)
         if file_meta is not None:
-            _clean_file_meta(file_meta, walk)
+            _clean_file_meta(file_meta, walk, str(ds.get("SOPInstanceUID", "") or ""))
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         # Undecodable values: fail closed into quarantine, naming only the error class.
         raise MalformedInstance(f"cannot de-identify ({type(exc).__name__})") from exc
@@ -215,6 +215,14 @@ def deidentify(ds: Dataset, policy: Policy, secret: bytes) -> Result:
         pseudonyms.append(Pseudonym("date_shift", key, str(shift)))
     pseudonyms.extend(Pseudonym("uid", old, new) for old, new in walk.uids.produced.items())
     return Result(ds, pseudonyms, walk.unhandled)
+
+
+def _value_text(ds: Dataset, tag: BaseTag) -> str:
+    # Fix (tests): ``ds.get(<Tag>)`` returns the DataElement, not its value, so comparing its str()
+    # with "YES" never matched: BurnedInAnnotation was never quarantined and
+    # trust_deidentified never trusted. Read the value itself.
+    element = ds.get(tag)
+    return "" if element is None or element.value is None else str(element.value).strip()
 
 
 def _own_values(policy: Policy) -> frozenset[str]:
@@ -241,6 +249,7 @@ def _pass_trusted(ds: Dataset, identifiers: leaks.Identifiers) -> Result:
 def _clean_dataset(ds: Dataset, walk: _Walk, top: bool = False) -> None:
     creators = _private_creators(ds)
     kept_blocks: set[tuple[int, int]] = set()
+    overlays = {t >> 16 for t in ds.keys() if (t >> 16) in _OVERLAY_GROUPS and t & 0xFFFF == 0x3000}
     for tag in list(ds.keys()):
         tag = BaseTag(tag)
         if tag.element == 0:  # group lengths are stale once anything changes
@@ -253,6 +262,16 @@ def _clean_dataset(ds: Dataset, walk: _Walk, top: bool = False) -> None:
     for (group, block), _creator in creators.items():
         if (group, block) not in kept_blocks:
             del ds[(group << 16) | block]
+    # Fix (tests): removing Overlay Data (Type 1) left the rest of its Overlay Plane behind, an
+    # invalid module (dciodvfy: "Missing attribute Type 1 Required Element=<OverlayData>").
+    # An overlay whose data is gone goes as a whole (its description and label with it).
+    for group in overlays:
+        if (group << 16) | 0x3000 not in ds:
+            for tag in [t for t in ds.keys() if t >> 16 == group]:
+                del ds[tag]
+
+
+_OVERLAY_GROUPS = frozenset(range(0x6000, 0x6100, 2))
 
 
 def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
@@ -425,7 +444,11 @@ def _apply_unlisted(ds: Dataset, tag: BaseTag, vr: str, walk: _Walk) -> None:
     if vr == "SQ":
         _keep(ds, tag, vr, walk)
     elif vr == "UI":
-        if not (keyword_for_tag(tag) or "").endswith(CLASS_UID_KEYWORDS_SUFFIXES):
+        # Fix (tests): under Retain UIDs an unlisted reference (e.g. SOPInstanceUIDOfConcatenation
+        # Source) was still replaced, so it no longer matched the retained UID it points at.
+        if "retain_uids" not in walk.policy.profile.option_keys and not (
+            keyword_for_tag(tag) or ""
+        ).endswith(CLASS_UID_KEYWORDS_SUFFIXES):
             _replace_uid(ds, tag, vr, walk)
     elif vr in FREE_TEXT_VRS and tag not in MARKING_TAGS and not _is_empty(ds.get_item(tag)):
         walk.unhandled[int(tag)] += 1
@@ -435,12 +458,17 @@ def _apply_unlisted(ds: Dataset, tag: BaseTag, vr: str, walk: _Walk) -> None:
             _shift_date(ds, tag, vr, walk)
 
 
-def _clean_file_meta(meta: FileMetaDataset, walk: _Walk) -> None:
+def _clean_file_meta(meta: FileMetaDataset, walk: _Walk, sop_instance_uid: str = "") -> None:
     for tag in FILE_META_DROPPED:
         if tag in meta:
             del meta[tag]
     if "MediaStorageSOPInstanceUID" in meta and "retain_uids" not in walk.policy.profile.option_keys:
         meta.MediaStorageSOPInstanceUID = walk.uids.replace(str(meta.MediaStorageSOPInstanceUID))
+    if sop_instance_uid:
+        # Fix (tests): PS3.10 wants the file meta to name the instance it holds. Mapping an input
+        # whose meta disagrees with its SOPInstanceUID (several pydicom samples do) kept the
+        # disagreement; the de-identified data set's own UID is the one to name.
+        meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
 

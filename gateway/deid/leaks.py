@@ -8,12 +8,12 @@ It reports where (element paths), never what.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 MIN_NAME_PART = 3  # shorter name parts ("LI", "O") match too much ordinary text
@@ -68,11 +68,15 @@ def _name_parts(value: object) -> Iterator[str]:
 def _text_values(value: object) -> Iterator[str]:
     if value is None:
         return
-    items = value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
-    for item in items:  # type: ignore[union-attr]
+    items: Iterable[object] = value if _is_multi(value) else [value]  # type: ignore[assignment]
+    for item in items:
         text = str(item).strip()
         if len(text) >= MIN_ID:
             yield text.upper()
+
+
+def _is_multi(value: object) -> bool:
+    return isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
 
 
 def _birth_date_forms(value: object) -> Iterator[str]:
@@ -105,7 +109,8 @@ def collect_identifiers(ds: Dataset, ignore: frozenset[str] = frozenset()) -> Id
     for tag in IDENTIFYING_IDS:
         if tag in ds:
             values.update(_text_values(ds[tag].value))
-    for item in ds.get(OTHER_IDS_SEQUENCE, None) or []:
+    other_ids = ds[OTHER_IDS_SEQUENCE].value if OTHER_IDS_SEQUENCE in ds else None
+    for item in other_ids or []:
         values.update(_text_values(item.get("PatientID")))
     if BIRTH_DATE in ds:
         values.update(_birth_date_forms(ds[BIRTH_DATE].value))

@@ -100,7 +100,7 @@ def build_profile(option_keys: Iterable[str] = ()) -> Profile:
                 f"deidentify.options[{index}]: unknown option {key!r}; "
                 f"choose from {', '.join(sorted(catalogue))}"
             )
-    if CONTRADICTORY_OPTIONS <= set(keys):
+    if set(keys) >= CONTRADICTORY_OPTIONS:
         raise ConfigError(
             "deidentify.options: 'retain_long_full_dates' and 'retain_long_modified_dates' "
             "exclude each other; keep one"

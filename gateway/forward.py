@@ -1,0 +1,414 @@
+"""Forwarding: one queue and one sender thread per destination, fed from the spool.
+
+Each sender keeps one association open while work is queued, sends batches negotiating each
+instance's own transfer syntax (bytes go out as they were spooled, never decoded), and releases
+the association when idle. Transient failures back off exponentially with jitter; permanent
+refusals and instances past the retry age become dead letters in the quarantine. A spool entry
+is deleted only when every destination has it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from enum import Enum
+
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from gateway.deliveries import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
+from gateway.errors import DeliveryRefused, GatewayError
+from gateway.quarantine import Quarantine
+from gateway.receive import set_tcp_nodelay
+from gateway.settings import Destination, Settings
+from gateway.spool import Spool, SpoolEntry
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128  # presentation contexts one association may propose
+RESCAN_MIN_AGE = 10.0  # seconds: younger entries are still being registered by the receiver
+TRANSIENT_STATUS_PREFIX = 0xA700  # 0xA7xx: out of resources, try again later
+WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
+
+
+class NoAcceptedContext(Exception):
+    """The destination accepted the association but none of its presentation contexts."""
+
+
+class Outcome(Enum):
+    SENT = "sent"
+    TRANSIENT = "transient"  # try again later (connection, timeout, out of resources)
+    REFUSED = "refused"  # never going to be accepted: dead letter
+
+
+def classify_status(status: int | None) -> Outcome:
+    if status is None:
+        return Outcome.TRANSIENT  # no response: timeout or abort
+    if status == 0x0000 or status in WARNING_STATUSES:
+        return Outcome.SENT
+    if status & 0xFF00 == TRANSIENT_STATUS_PREFIX:
+        return Outcome.TRANSIENT
+    return Outcome.REFUSED
+
+
+def guard_reactor(assoc: Association) -> None:
+    """Work around pynetdicom 3.0.4's race between send_c_store() and the reactor thread.
+
+    The reactor polls the DIMSE queue without blocking and can take the C-STORE response meant
+    for the sender, which then waits out the DIMSE timeout. A pure SCU association expects no
+    requests from the peer, so the reactor's non-blocking polls are answered with "nothing";
+    only the sender's blocking reads see responses.
+    """
+    dimse = assoc.dimse
+    blocking_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[None, None] | tuple[int | None, object]:
+        if not block:
+            return None, None
+        return blocking_get(block=True)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+class Dispatcher:
+    """Knows which destinations still owe each spool entry; deletes entries all have."""
+
+    def __init__(
+        self, settings: Settings, spool: Spool, deliveries: Deliveries, quarantine: Quarantine
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.deliveries = deliveries
+        self.names = frozenset(d.name for d in settings.destinations)
+        self.forwarders = {
+            d.name: Forwarder(d, settings, self, deliveries, quarantine)
+            for d in settings.destinations
+        }
+        self._remaining: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._rescanner = threading.Thread(target=self._rescan_loop, name="spool-rescan",
+                                           daemon=True)
+
+    def start(self) -> None:
+        self.recover()
+        for forwarder in self.forwarders.values():
+            forwarder.start()
+        self._rescanner.start()
+
+    def recover(self, min_age: float = 0.0) -> int:
+        """Queue every spool entry some destination has not acknowledged; returns how many."""
+        delivered = {name: self.deliveries.delivered(name) for name in self.names}
+        queued = 0
+        for entry_id in self.spool.ids():
+            with self._lock:
+                if entry_id in self._remaining:
+                    continue
+            entry = self.spool.load(self.spool.incoming / f"{entry_id}.dcm")
+            if entry is None or entry.age < min_age:
+                continue
+            done = frozenset(n for n in self.names if entry_id in delivered[n])
+            self.submit(entry, done)
+            queued += 1
+        return queued
+
+    def submit(self, entry: SpoolEntry, done: frozenset[str]) -> None:
+        """Queue ``entry`` for every destination not in ``done`` (delivered or filtered)."""
+        remaining = set(self.names - done)
+        with self._lock:
+            if entry.id in self._remaining:
+                return
+            if remaining:
+                self._remaining[entry.id] = remaining
+        if not remaining:
+            self._finish(entry.id)
+            return
+        for name in remaining:
+            self.forwarders[name].submit(entry)
+
+    def delivered(self, entry_ids: Iterable[str], destination: str) -> None:
+        finished = []
+        with self._lock:
+            for entry_id in entry_ids:
+                remaining = self._remaining.get(entry_id)
+                if remaining is None:
+                    continue
+                remaining.discard(destination)
+                if not remaining:
+                    finished.append(entry_id)
+        for entry_id in finished:
+            self._finish(entry_id)
+
+    def _finish(self, entry_id: str) -> None:
+        self.spool.remove(entry_id)
+        self.deliveries.forget([entry_id])
+        with self._lock:
+            self._remaining.pop(entry_id, None)
+
+    def _rescan_loop(self) -> None:
+        while not self._stopping.wait(self.settings.forward.rescan_seconds):
+            try:
+                self.recover(min_age=RESCAN_MIN_AGE)
+            except GatewayError:
+                log.warning("spool rescan failed; trying again later")
+
+    def stop(self, timeout: float) -> None:
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for forwarder in self.forwarders.values():
+            forwarder.stop()
+        for forwarder in self.forwarders.values():
+            forwarder.join(max(0.0, deadline - time.monotonic()))
+
+
+class Forwarder(threading.Thread):
+    """The sender for one destination."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        deliveries: Deliveries,
+        quarantine: Quarantine,
+    ) -> None:
+        super().__init__(name=f"forward-{destination.name}", daemon=True)
+        self.destination = destination
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.deliveries = deliveries
+        self.quarantine = quarantine
+        self._queue: deque[SpoolEntry] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._assoc: Association | None = None
+        self._contexts: frozenset[tuple[str, str]] = frozenset()
+        self._failures = 0
+        self._not_before = 0.0
+        self.transient_failures = 0  # since start; a test reads it to catch stalls
+
+    # --- queue ---
+
+    def submit(self, entry: SpoolEntry) -> None:
+        with self._cond:
+            self._queue.append(entry)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                if batch:
+                    self._send_safely(batch)
+        finally:
+            self._release()
+
+    def _next_batch(self) -> list[SpoolEntry] | None:
+        """Wait for work (releasing an idle association); None when stopping."""
+        forward = self.settings.forward
+        with self._cond:
+            while not self._stopping:
+                wait = self._not_before - time.monotonic()
+                if self._queue and wait <= 0:
+                    return self._take_batch(forward.batch_size)
+                timeout = wait if self._queue else forward.idle_release_seconds
+                if not self._cond.wait(timeout) and not self._queue:
+                    self._release()  # idle: give the archive its association back
+            return None
+
+    def _take_batch(self, size: int) -> list[SpoolEntry]:
+        batch: list[SpoolEntry] = []
+        contexts: set[tuple[str, str]] = set()
+        while self._queue and len(batch) < size:
+            entry = self._queue[0]
+            pair = (entry.sop_class_uid, entry.transfer_syntax_uid)
+            if pair not in contexts and len(contexts) >= MAX_CONTEXTS:
+                break
+            contexts.add(pair)
+            batch.append(self._queue.popleft())
+        return batch
+
+    def _requeue(self, entries: list[SpoolEntry]) -> None:
+        with self._cond:
+            self._queue.extendleft(reversed(entries))
+
+    # --- sending ---
+
+    def _send(self, batch: list[SpoolEntry]) -> None:
+        sent: list[SpoolEntry] = []
+        dead: list[SpoolEntry] = []
+        for index, entry in enumerate(batch):
+            if self._stopping:
+                self._requeue(batch[index:])
+                break
+            outcome, why = self._store(batch, entry)
+            if outcome is Outcome.SENT:
+                sent.append(entry)
+            elif outcome is Outcome.REFUSED or self._too_old(entry):
+                if self._dead_letter(entry, why):
+                    dead.append(entry)
+                else:
+                    self._requeue(batch[index:])
+                    self._back_off()
+                    break
+            else:
+                self._requeue(batch[index:])
+                self._back_off()
+                break
+        else:
+            self._failures = 0
+        self._record(sent, dead)
+
+    def _send_safely(self, batch: list[SpoolEntry]) -> None:
+        try:
+            self._send(batch)
+        except Exception:  # noqa: BLE001 - the sender must outlive any bug; the spool keeps all
+            log.exception("forwarding to %s failed unexpectedly; retrying", self.destination.name)
+            self._release(abort=True)
+            self._requeue(batch)  # unrecorded sends go again: at least once, never lost
+            self._back_off()
+
+    def _too_old(self, entry: SpoolEntry) -> bool:
+        return entry.age > self.settings.forward.max_retry_age_hours * 3600
+
+    def _store(self, batch: list[SpoolEntry], entry: SpoolEntry) -> tuple[Outcome, str]:
+        if not entry.path.exists():
+            return Outcome.SENT, "already gone"  # released or purged meanwhile
+        try:
+            assoc = self._association(batch)
+        except NoAcceptedContext:
+            return Outcome.REFUSED, "no accepted presentation context for its SOP class and " \
+                "transfer syntax"
+        if assoc is None:
+            return Outcome.TRANSIENT, "no association"
+        try:
+            response = assoc.send_c_store(entry.path)
+        except ValueError:
+            return Outcome.REFUSED, "no accepted presentation context for its SOP class and " \
+                "transfer syntax"
+        except (RuntimeError, OSError, AttributeError):
+            self._release(abort=True)
+            return Outcome.TRANSIENT, "association lost"
+        status = getattr(response, "Status", None)
+        outcome = classify_status(status)
+        if outcome is Outcome.TRANSIENT and status is None:
+            self._release(abort=True)
+        return outcome, "no response" if status is None else f"status 0x{status:04X}"
+
+    def _association(self, batch: list[SpoolEntry]) -> Association | None:
+        needed = frozenset((e.sop_class_uid, e.transfer_syntax_uid) for e in batch)
+        if self._assoc is not None and self._assoc.is_established and needed <= self._contexts:
+            return self._assoc
+        self._release()
+        assoc = self._open(needed)
+        if assoc is None:
+            return None
+        self._assoc, self._contexts = assoc, needed
+        return assoc
+
+    def _make_ae(self) -> AE:
+        g = self.settings.gateway
+        ae = AE(ae_title=g.ae_title)
+        ae.acse_timeout = g.acse_timeout
+        ae.dimse_timeout = g.dimse_timeout
+        ae.network_timeout = g.network_timeout
+        ae.maximum_pdu_size = g.max_pdu
+        return ae
+
+    def _open(self, pairs: frozenset[tuple[str, str]]) -> Association | None:
+        contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in sorted(pairs)]
+        d = self.destination
+        try:
+            assoc = self._make_ae().associate(
+                d.host, d.port, contexts=contexts, ae_title=d.ae_title,
+                evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+            )
+        except (OSError, RuntimeError, ValueError):
+            return None
+        if not assoc.is_established:
+            if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+                raise NoAcceptedContext  # the archive takes none of these: asking again won't help
+            return None
+        guard_reactor(assoc)
+        return assoc
+
+    def _release(self, abort: bool = False) -> None:
+        assoc, self._assoc = self._assoc, None
+        self._contexts = frozenset()
+        if assoc is None or not assoc.is_established:
+            return
+        with contextlib.suppress(OSError, RuntimeError):
+            assoc.abort() if abort else assoc.release()
+
+    def _back_off(self) -> None:
+        forward = self.settings.forward
+        self._failures += 1
+        self.transient_failures += 1
+        delay = min(forward.retry_max_seconds,
+                    forward.retry_initial_seconds * 2 ** (self._failures - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: restarted gateways don't retry in lockstep
+        self._not_before = time.monotonic() + delay
+
+    def _dead_letter(self, entry: SpoolEntry, why: str) -> bool:
+        """Move the de-identified instance to quarantine; False if that failed."""
+        try:
+            data = entry.path.read_bytes()
+            error = DeliveryRefused(f"{self.destination.name} refused it: {why}")
+            self.quarantine.put(data, f"forward to {self.destination.name}", error,
+                                {"destination": self.destination.name, "dead_letter": True})
+        except (GatewayError, OSError):
+            return False
+        return True
+
+    def _record(self, sent: list[SpoolEntry], dead: list[SpoolEntry]) -> None:
+        if not sent and not dead:
+            return
+        name = self.destination.name
+        rows = [(e.id, name, SENT) for e in sent] + [(e.id, name, DEAD) for e in dead]
+        counts = {(FORWARDED, name): len(sent), (DEAD_LETTERED, name): len(dead)}
+        try:
+            self.deliveries.record(rows, counts)
+        except GatewayError:
+            log.warning("cannot record deliveries; they will be sent again after a restart")
+            return
+        self.dispatcher.delivered([e.id for e in sent + dead], name)
+
+
+def echo(settings: Settings, destination: Destination) -> int | None:
+    """C-ECHO one destination; its status, or None if no association could be made."""
+    g = settings.gateway
+    ae = AE(ae_title=g.ae_title)
+    ae.acse_timeout = g.acse_timeout
+    ae.dimse_timeout = g.dimse_timeout
+    ae.network_timeout = g.network_timeout
+    try:
+        assoc = ae.associate(destination.host, destination.port,
+                             contexts=[build_context(Verification)],
+                             ae_title=destination.ae_title)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if not assoc.is_established:
+        return None
+    try:
+        response = assoc.send_c_echo()
+        status = getattr(response, "Status", None)
+    finally:
+        assoc.release()
+    return None if status is None else int(status)

@@ -1,0 +1,164 @@
+"""The receiving node: C-ECHO and C-STORE SCP in front of the de-identify stage and the spool.
+
+C-STORE success is answered only after the de-identified instance is durable in the spool (or
+the original is durable in quarantine). When nothing can be persisted the answer is 0xA700, so
+the sender keeps the image and tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from gateway.deid.engine import Policy
+from gateway.deidentify import CleanInstance, deidentify_bytes
+from gateway.deliveries import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, Deliveries
+from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
+from gateway.pseudonyms import PseudonymStore
+from gateway.quarantine import Quarantine
+from gateway.settings import Destination, Settings
+from gateway.spool import Spool, SpoolEntry
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+Spooled = Callable[[SpoolEntry, frozenset[str]], None]
+
+
+def set_tcp_nodelay(event: Event) -> None:
+    """Nagle's algorithm adds ~40 ms to each small C-STORE response: turn it off."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What routing filters look at; the calling AE is known only while receiving."""
+
+    modality: str
+    sop_class_uid: str
+    calling_ae: str
+
+    def excluded_from(self, destinations: tuple[Destination, ...]) -> frozenset[str]:
+        return frozenset(d.name for d in destinations if not self.accepted_by(d))
+
+    def accepted_by(self, d: Destination) -> bool:
+        return (
+            (not d.modalities or self.modality.upper() in d.modalities)
+            and (not d.sop_classes or self.sop_class_uid in d.sop_classes)
+            and (not d.calling_aes or self.calling_ae in d.calling_aes)
+        )
+
+
+class Receiver:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        secret: bytes,
+        spool: Spool,
+        store: PseudonymStore,
+        deliveries: Deliveries,
+        quarantine: Quarantine,
+        on_spooled: Spooled,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.secret = secret
+        self.spool = spool
+        self.store = store
+        self.deliveries = deliveries
+        self.quarantine = quarantine
+        self.on_spooled = on_spooled
+        self.server: ThreadedAssociationServer | None = None
+
+    # --- handlers ---
+
+    def handle_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    def handle_store(self, event: Event) -> int:
+        requestor = event.assoc.requestor
+        calling_ae = str(requestor.ae_title).strip()
+        source = f"{calling_ae}@{requestor.address}:{requestor.port}"
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except (AttributeError, ValueError, KeyError) as exc:
+            return self._quarantine(b"", source, MalformedInstance(
+                f"cannot read the C-STORE data set ({type(exc).__name__})"))
+        try:
+            clean = deidentify_bytes(data, self.policy, self.secret)
+        except InstanceError as exc:
+            return self._quarantine(data, source, exc)
+        except NotDicom as exc:
+            return self._quarantine(data, source, MalformedInstance(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the instance
+            return self._quarantine(data, source, MalformedInstance(
+                f"unexpected {type(exc).__name__} while de-identifying"))
+        return self._spool(clean, calling_ae)
+
+    def _spool(self, clean: CleanInstance, calling_ae: str) -> int:
+        ds = clean.result.dataset
+        routing = Routing(str(ds.get("Modality", "") or ""), str(ds.SOPClassUID), calling_ae)
+        excluded = routing.excluded_from(self.settings.destinations)
+        try:
+            entry = self.spool.put(clean.data, str(ds.SOPClassUID),
+                                   str(ds.file_meta.TransferSyntaxUID))
+            self.store.record(clean.result.pseudonyms)
+            counts = {(RECEIVED, ""): 1}
+            counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
+            self.deliveries.record(((entry.id, name, FILTERED) for name in excluded), counts)
+        except (StateError, OSError):
+            return OUT_OF_RESOURCES
+        self.on_spooled(entry, excluded)
+        return SUCCESS
+
+    def _quarantine(self, data: bytes, source: str, error: InstanceError) -> int:
+        try:
+            self.quarantine.put(data, source, error, {"received_by": "serve"})
+            self.deliveries.count({(QUARANTINED, ""): 1})
+        except (GatewayError, OSError):
+            return OUT_OF_RESOURCES
+        if self.settings.gateway.on_deidentify_failure == "accept":
+            return SUCCESS
+        return error.status
+
+    # --- the server ---
+
+    def make_ae(self) -> AE:
+        g = self.settings.gateway
+        ae = AE(ae_title=g.ae_title)
+        ae.maximum_associations = g.max_associations
+        ae.maximum_pdu_size = g.max_pdu
+        ae.acse_timeout = g.acse_timeout
+        ae.dimse_timeout = g.dimse_timeout
+        ae.network_timeout = g.network_timeout
+        ae.require_called_aet = True
+        if g.allowed_calling_aes:
+            ae.require_calling_aet = list(g.allowed_calling_aes)
+        ae.add_supported_context(Verification)
+        return ae
+
+    def start(self) -> ThreadedAssociationServer:
+        g = self.settings.gateway
+        handlers = [
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+        ]
+        server = self.make_ae().start_server(
+            (g.host, g.port), block=False, evt_handlers=handlers  # type: ignore[arg-type]
+        )
+        assert server is not None  # non-blocking start_server always returns the server
+        self.server = server
+        return server

@@ -1,0 +1,81 @@
+"""Releasing quarantine entries: each goes back the way it came.
+
+- from the offline command: de-identified again into the folder it was meant for (or ``--to``);
+- from the network: de-identified again into the spool, for every destination;
+- a dead letter (already de-identified): back into the spool as it is, for its destination only
+  (de-identifying it again would re-key its UIDs a second time).
+
+A running gateway picks spool entries up at its next spool rescan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.anonymize import output_path, write_atomically
+from gateway.deidentify import deidentify_bytes
+from gateway.deliveries import NOT_ADDRESSED, Deliveries
+from gateway.errors import InstanceError, MalformedInstance, NotDicom
+from gateway.instances import read_instance
+from gateway.pseudonyms import PseudonymStore
+from gateway.quarantine import Quarantine, QuarantineRecord
+from gateway.settings import Settings
+from gateway.spool import Spool
+
+
+@dataclass
+class Releaser:
+    settings: Settings
+    quarantine: Quarantine
+    store: PseudonymStore
+    deliveries: Deliveries
+
+    def release(self, record: QuarantineRecord, to: Path | None = None) -> str:
+        """Where the entry went; raises InstanceError (and records it) if it still fails."""
+        data = self.quarantine.original(record.id)
+        try:
+            if record.context.get("dead_letter"):
+                where = self._respool_dead_letter(data, str(record.context["destination"]))
+            elif to is not None or "destination" in record.context:
+                where = self._to_folder(data, to or Path(str(record.context["destination"])))
+            else:
+                where = self._to_spool(data)
+        except NotDicom as exc:
+            self._still_failing(record, MalformedInstance(str(exc)))
+            raise MalformedInstance(str(exc)) from exc
+        except InstanceError as exc:
+            self._still_failing(record, exc)
+            raise
+        self.quarantine.remove(record.id)
+        return where
+
+    def _to_folder(self, data: bytes, folder: Path) -> str:
+        clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret())
+        write_atomically(output_path(folder, clean), clean.data, durable=True)
+        self.store.record(clean.result.pseudonyms)
+        return str(folder)
+
+    def _to_spool(self, data: bytes) -> str:
+        clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret())
+        ds = clean.result.dataset
+        Spool(self.settings.spool_dir).put(clean.data, str(ds.SOPClassUID),
+                                          str(ds.file_meta.TransferSyntaxUID))
+        self.store.record(clean.result.pseudonyms)
+        return "spool (all destinations)"
+
+    def _respool_dead_letter(self, data: bytes, destination: str) -> str:
+        ds = read_instance(data)
+        entry = Spool(self.settings.spool_dir).put(data, str(ds.SOPClassUID),
+                                                   str(ds.file_meta.TransferSyntaxUID))
+        others = [d.name for d in self.settings.destinations if d.name != destination]
+        self.deliveries.record((entry.id, name, NOT_ADDRESSED) for name in others)
+        return f"spool (destination {destination})"
+
+    def _still_failing(self, record: QuarantineRecord, exc: InstanceError) -> None:
+        context = dict(record.context)
+        context["release_attempts"] = int(context.get("release_attempts", 0)) + 1
+        self.quarantine.update(QuarantineRecord(
+            id=record.id, time=record.time, source=record.source, reason=exc.reason,
+            error_class=type(exc).__name__, message=str(exc), size=record.size, context=context,
+        ))

@@ -1,0 +1,118 @@
+"""``serve``: wires receive -> de-identify -> spool -> forward, and stops cleanly.
+
+On SIGTERM or SIGINT the gateway stops accepting associations, lets in-flight stores finish
+(bounded), stops the senders after their current instance, and exits. Whatever is still in the
+spool is sent after the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from pynetdicom import _config as pynetdicom_config
+
+from gateway.deliveries import Deliveries
+from gateway.errors import ConfigError
+from gateway.forward import Dispatcher
+from gateway.pseudonyms import PseudonymStore
+from gateway.quarantine import Quarantine
+from gateway.receive import Receiver
+from gateway.settings import Settings
+from gateway.spool import Spool
+
+SHUTDOWN_SECONDS = 20.0  # bound on finishing in-flight stores and sends
+
+
+def configure_pynetdicom() -> None:
+    """pynetdicom's module-wide switches, set once at start-up."""
+    # Accept every storage SOP class, private and unknown ones too.
+    pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = True
+    # Send spooled files as they are, without decoding and re-encoding them.
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    # Patient data must not reach pynetdicom's own logs.
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+@dataclass
+class Gateway:
+    """A running gateway (also used in-process by tests)."""
+
+    settings: Settings
+    receiver: Receiver
+    dispatcher: Dispatcher
+    store: PseudonymStore
+    deliveries: Deliveries
+
+    @classmethod
+    def start(cls, settings: Settings) -> Gateway:
+        if not settings.destinations:
+            raise ConfigError("destinations: serve needs at least one [[destinations]] block")
+        secret = settings.require_secret()
+        policy = settings.policy()
+        configure_pynetdicom()
+        spool = Spool(settings.spool_dir)
+        store = PseudonymStore(settings.database_url)
+        deliveries = Deliveries(settings.database_url)
+        quarantine = Quarantine(settings.quarantine_dir)
+        dispatcher = Dispatcher(settings, spool, deliveries, quarantine)
+        dispatcher.start()
+        receiver = Receiver(settings, policy, secret, spool, store, deliveries, quarantine,
+                            on_spooled=dispatcher.submit)
+        try:
+            receiver.start()
+        except OSError as exc:
+            dispatcher.stop(1.0)
+            raise ConfigError(
+                f"gateway.port: cannot listen on {settings.gateway.host}:{settings.gateway.port}"
+                f" ({exc.strerror}); is another gateway running?"
+            ) from exc
+        return cls(settings, receiver, dispatcher, store, deliveries)
+
+    def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        server = self.receiver.server
+        if server is not None:
+            server.shutdown()  # no new associations; running ones carry on
+            while server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in server.active_associations:
+                assoc.abort()
+        self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
+        self.store.close()
+        self.deliveries.close()
+
+
+def configure_logging() -> None:
+    """Plain lines on standard error; pynetdicom only for warnings (its INFO names patients)."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT."""
+    configure_logging()
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    gateway = Gateway.start(settings)
+    g = settings.gateway
+    print(f"dicom-gateway listening as {g.ae_title} on {g.host}:{g.port}; forwarding to "
+          f"{', '.join(d.name for d in settings.destinations)}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        gateway.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("dicom-gateway stopped", flush=True)

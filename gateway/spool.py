@@ -1,0 +1,112 @@
+"""The durable queue of de-identified instances waiting to be forwarded.
+
+Only de-identified data is ever written here. An instance counts as received only once its
+file is durable: written to a temporary name, fsynced, renamed, and the folder fsynced. Entry
+names sort in arrival order, so a restart forwards in the order instances came in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+
+from gateway.errors import StateError
+
+SUFFIX = ".dcm"
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    id: str
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size: int
+    created: float  # seconds since the epoch
+
+    @property
+    def age(self) -> float:
+        return max(0.0, time.time() - self.created)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / "incoming"  # whole, durable entries
+        self.staging = root / "tmp"  # partial writes; emptied on start
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+        try:
+            for folder in (root, self.incoming, self.staging):
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for leftover in self.staging.iterdir():
+                leftover.unlink()  # a write that never finished was never acknowledged
+        except OSError as exc:
+            raise StateError(f"cannot use the spool folder {root} ({exc.strerror})") from exc
+
+    def _new_id(self) -> str:
+        with self._lock:
+            return f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):06d}"
+
+    def put(self, data: bytes, sop_class_uid: str, transfer_syntax_uid: str) -> SpoolEntry:
+        """Store durably; returns only when the entry survives a crash."""
+        entry_id = self._new_id()
+        temp = self.staging / f"{entry_id}{SUFFIX}"
+        final = self.incoming / f"{entry_id}{SUFFIX}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temp, final)
+            _fsync_dir(self.incoming)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise StateError(f"cannot write to the spool ({exc.strerror})") from exc
+        return SpoolEntry(entry_id, final, sop_class_uid, transfer_syntax_uid, len(data),
+                          time.time())
+
+    def entries(self) -> list[SpoolEntry]:
+        """Every durable entry, oldest first (read at start-up and by status)."""
+        found = []
+        for path in sorted(self.incoming.glob(f"*{SUFFIX}")):
+            entry = self.load(path)
+            if entry is not None:
+                found.append(entry)
+        return found
+
+    def load(self, path: Path) -> SpoolEntry | None:
+        try:
+            meta = read_file_meta_info(path)
+            stat = path.stat()
+        except (OSError, ValueError, AttributeError):
+            return None
+        return SpoolEntry(
+            id=path.name[: -len(SUFFIX)],
+            path=path,
+            sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
+            transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+            size=stat.st_size,
+            created=stat.st_mtime,
+        )
+
+    def ids(self) -> list[str]:
+        return sorted(p.name[: -len(SUFFIX)] for p in self.incoming.glob(f"*{SUFFIX}"))
+
+    def remove(self, entry_id: str) -> None:
+        (self.incoming / f"{entry_id}{SUFFIX}").unlink(missing_ok=True)
