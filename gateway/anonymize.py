@@ -32,6 +32,7 @@ class Summary:
     written: int = 0
     quarantined: int = 0
     skipped: int = 0
+    duplicates: int = 0  # written over an output of the same run (same SOP Instance UID)
     reasons: Counter[str] = field(default_factory=Counter)  # quarantine reasons
     skip_reasons: Counter[str] = field(default_factory=Counter)
     unhandled: Counter[int] = field(default_factory=Counter)  # tag -> files
@@ -44,6 +45,7 @@ class Summary:
             "written": self.written,
             "quarantined": self.quarantined,
             "skipped": self.skipped,
+            "duplicates": self.duplicates,
             "quarantine_reasons": dict(self.reasons),
             "skip_reasons": dict(self.skip_reasons),
             "unhandled_attributes": [
@@ -105,6 +107,7 @@ class Anonymizer:
         self.quarantine = quarantine
         self._pending: list[Pseudonym] = []
         self._pending_files = 0
+        self._written: set[Path] = set()
 
     def process(self, data: bytes, source: str, dst: Path, summary: Summary) -> bool:
         """One file; True when a clean copy was written under ``dst``."""
@@ -120,7 +123,11 @@ class Anonymizer:
             summary.quarantined += 1
             summary.reasons[exc.reason] += 1
             return False
-        write_atomically(output_path(dst, clean), clean.data)
+        target = output_path(dst, clean)
+        if target in self._written:
+            summary.duplicates += 1  # e.g. one instance in two transfer syntaxes: the last wins
+        self._written.add(target)
+        write_atomically(target, clean.data)
         summary.written += 1
         summary.unhandled.update(clean.result.unhandled.keys())
         self._pending.extend(clean.result.pseudonyms)

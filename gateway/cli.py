@@ -91,6 +91,9 @@ def _print_summary(summary: Summary, out: TextIO) -> None:
     print(f"quarantined:  {summary.quarantined}", file=out)
     for reason, count in sorted(summary.reasons.items()):
         print(f"  {reason}: {count}", file=out)
+    if summary.duplicates:
+        print(f"duplicates:   {summary.duplicates} (same SOP Instance UID again; last kept)",
+              file=out)
     print(f"skipped:      {summary.skipped} (not DICOM instances)", file=out)
     for reason, count in sorted(summary.skip_reasons.items()):
         print(f"  {reason}: {count}", file=out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import ssl
 import threading
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from gateway.quarantine import Quarantine
 from gateway.receive import set_tcp_nodelay
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
+from gateway.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def guard_reactor(assoc: Association) -> None:
             return None, None
         return blocking_get(block=True)
 
-    dimse.get_msg = get_msg  # type: ignore[method-assign]
+    dimse.get_msg = get_msg  # type: ignore[method-assign,assignment]
 
 
 class Dispatcher:
@@ -339,6 +341,7 @@ class Forwarder(threading.Thread):
             assoc = self._make_ae().associate(
                 d.host, d.port, contexts=contexts, ae_title=d.ae_title,
                 evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+                tls_args=tls_args(self.settings, d),
             )
         except (OSError, RuntimeError, ValueError):
             return None
@@ -391,6 +394,12 @@ class Forwarder(threading.Thread):
         self.dispatcher.delivered([e.id for e in sent + dead], name)
 
 
+def tls_args(settings: Settings, destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+    if not destination.tls:
+        return None
+    return client_context(settings.tls), destination.tls_server_name or destination.host
+
+
 def echo(settings: Settings, destination: Destination) -> int | None:
     """C-ECHO one destination; its status, or None if no association could be made."""
     g = settings.gateway
@@ -401,7 +410,8 @@ def echo(settings: Settings, destination: Destination) -> int | None:
     try:
         assoc = ae.associate(destination.host, destination.port,
                              contexts=[build_context(Verification)],
-                             ae_title=destination.ae_title)
+                             ae_title=destination.ae_title,
+                             tls_args=tls_args(settings, destination))
     except (OSError, RuntimeError, ValueError):
         return None
     if not assoc.is_established:

@@ -19,6 +19,7 @@ from gateway.errors import MalformedInstance, NotDicom
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an instance
 PREAMBLE = 128
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # A data set without preamble starts with a tag of one of these groups (little endian).
 _BARE_DATASET_GROUPS = (b"\x02\x00", b"\x08\x00")
@@ -50,6 +51,10 @@ def read_instance(data: bytes) -> Dataset:
         raise NotAnInstance("a DICOMDIR (media directory), not an instance")
     if "SOPInstanceUID" not in ds:
         raise MalformedInstance("SOPInstanceUID is missing")
+    if "Rows" in ds and not any(tag in ds for tag in PIXEL_DATA_TAGS):
+        # A file cut exactly between two elements parses cleanly: an image without its
+        # pixels is the visible trace.
+        raise MalformedInstance("image attributes without pixel data (truncated?)")
     return ds
 
 

@@ -93,6 +93,7 @@ def _create_private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        os.chmod(path, 0o600)  # by path: no descriptor, so no lock is dropped
         return
     os.close(fd)
 

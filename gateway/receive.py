@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,8 +24,9 @@ from gateway.deliveries import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, 
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import Quarantine
-from gateway.settings import Destination, Settings
+from gateway.settings import CallerRule, Destination, Settings
 from gateway.spool import Spool, SpoolEntry
+from gateway.tls import server_context
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -58,6 +60,32 @@ class Routing:
             and (not d.sop_classes or self.sop_class_uid in d.sop_classes)
             and (not d.calling_aes or self.calling_ae in d.calling_aes)
         )
+
+
+NOBODY = "\x00"  # a calling AE title no peer can have: rejects everyone from an unlisted host
+
+
+class GatewayAE(AE):
+    """An AE whose allowed calling AE titles depend on the caller's address.
+
+    pynetdicom checks ``require_calling_aet`` during negotiation, in the association's own
+    thread, and rejects a caller not in it with A-ASSOCIATE-RJ "calling AE title not
+    recognized"; answering per association lets an AE title be bound to a host.
+    """
+
+    caller_rules: tuple[CallerRule, ...] = ()
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        if not self.caller_rules:
+            return []
+        address = getattr(getattr(threading.current_thread(), "requestor", None), "address", None)
+        titles = [r.ae_title for r in self.caller_rules if r.address in (None, address)]
+        return titles or [NOBODY]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        self.caller_rules = tuple(CallerRule(t) for t in ae_titles)
 
 
 class Receiver:
@@ -135,17 +163,16 @@ class Receiver:
 
     # --- the server ---
 
-    def make_ae(self) -> AE:
+    def make_ae(self) -> GatewayAE:
         g = self.settings.gateway
-        ae = AE(ae_title=g.ae_title)
+        ae = GatewayAE(ae_title=g.ae_title)
         ae.maximum_associations = g.max_associations
         ae.maximum_pdu_size = g.max_pdu
         ae.acse_timeout = g.acse_timeout
         ae.dimse_timeout = g.dimse_timeout
         ae.network_timeout = g.network_timeout
         ae.require_called_aet = True
-        if g.allowed_calling_aes:
-            ae.require_calling_aet = list(g.allowed_calling_aes)
+        ae.caller_rules = g.allowed_calling_aes
         ae.add_supported_context(Verification)
         return ae
 
@@ -156,8 +183,10 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         ]
+        ssl_context = server_context(self.settings.tls) if self.settings.tls.enabled else None
         server = self.make_ae().start_server(
-            (g.host, g.port), block=False, evt_handlers=handlers  # type: ignore[arg-type]
+            (g.host, g.port), block=False, evt_handlers=handlers,  # type: ignore[arg-type]
+            ssl_context=ssl_context,
         )
         assert server is not None  # non-blocking start_server always returns the server
         self.server = server

@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 import secrets
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,9 +61,29 @@ class Destination:
     sop_classes: tuple[str, ...] = ()
     calling_aes: tuple[str, ...] = ()
 
+    tls: bool = False  # forward over TLS, verifying the archive with [tls].ca_certificates
+    tls_server_name: str = ""  # name in the archive's certificate; default: host
+
     @property
     def has_filters(self) -> bool:
         return bool(self.modalities or self.sop_classes or self.calling_aes)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    enabled: bool = False  # serve TLS on gateway.port (plain associations are then refused)
+    certificate: Path | None = None  # PEM; also the client certificate towards TLS archives
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # PEM bundle trusted for peers' certificates
+    require_client_certificate: bool = False
+
+
+@dataclass(frozen=True)
+class CallerRule:
+    """An allowed calling AE title, optionally only from one host address."""
+
+    ae_title: str
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,7 @@ class GatewaySettings:
     ae_title: str = "DICOM_GW"
     host: str = "127.0.0.1"
     port: int = 11112
-    allowed_calling_aes: tuple[str, ...] = ()
+    allowed_calling_aes: tuple[CallerRule, ...] = ()
     data_dir: Path = Path("var")
     database_url: str = ""
     secret_file: Path | None = None
@@ -127,6 +148,7 @@ class Settings:
     destinations: tuple[Destination, ...]
     deidentify: DeidentifySettings
     forward: ForwardSettings = ForwardSettings()
+    tls: TlsSettings = TlsSettings()
     secret: Secret | None = None
     source: Path | None = None
 
@@ -234,6 +256,19 @@ def _ae_title(value: str, key: str) -> str:
     return value.strip()
 
 
+def _caller_rule(value: str, key: str) -> CallerRule:
+    """``"AE"`` or ``"AE@host"``; a host name is resolved once, at start-up."""
+    title, _, host = value.partition("@")
+    ae = _ae_title(title, key)
+    if not host:
+        return CallerRule(ae)
+    try:
+        address = socket.gethostbyname(host.strip())
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot resolve host {host!r} ({exc})") from exc
+    return CallerRule(ae, address)
+
+
 def _port(value: int, key: str) -> int:
     if not 1 <= value <= 65535:
         raise ConfigError(f"{key}: port {value} is out of range; use 1-65535")
@@ -247,8 +282,8 @@ def _optional_path(value: str) -> Path | None:
 def _read_gateway(section: _Section) -> GatewaySettings:
     allowed = section.get("allowed_calling_aes", list, [])
     titles = tuple(
-        _ae_title(_string_item(v, section.key(f"allowed_calling_aes[{i}]")),
-                  section.key(f"allowed_calling_aes[{i}]"))
+        _caller_rule(_string_item(v, section.key(f"allowed_calling_aes[{i}]")),
+                     section.key(f"allowed_calling_aes[{i}]"))
         for i, v in enumerate(allowed)
     )
     on_failure = section.get("on_deidentify_failure", str, "accept")
@@ -304,6 +339,31 @@ def _at_least(section: _Section, name: str, minimum: int, default: int) -> int:
     return value
 
 
+def _readable_file(section: _Section, name: str) -> Path | None:
+    path = _optional_path(section.get(name, str, ""))
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{section.key(name)}: {path} is not a readable file")
+    return path
+
+
+def _read_tls(section: _Section) -> TlsSettings:
+    result = TlsSettings(
+        enabled=section.get("enabled", bool, False),
+        certificate=_readable_file(section, "certificate"),
+        private_key=_readable_file(section, "private_key"),
+        ca_certificates=_readable_file(section, "ca_certificates"),
+        require_client_certificate=section.get("require_client_certificate", bool, False),
+    )
+    if result.enabled and (result.certificate is None or result.private_key is None):
+        raise ConfigError(f"{section.key('enabled')}: serving TLS needs tls.certificate and "
+                          "tls.private_key (PEM files)")
+    if result.require_client_certificate and result.ca_certificates is None:
+        raise ConfigError(f"{section.key('require_client_certificate')}: needs "
+                          "tls.ca_certificates to verify the clients' certificates")
+    section.finish()
+    return result
+
+
 def _read_forward(section: _Section) -> ForwardSettings:
     result = ForwardSettings(
         batch_size=_positive(section, "batch_size", int, 100),
@@ -357,6 +417,8 @@ def _read_destinations(items: list[Any]) -> tuple[Destination, ...]:
                 host=section.get("host", str, "127.0.0.1"),
                 port=_port(section.get("port", int, 104), section.key("port")),
                 modalities=tuple(m.upper() for m in _string_list(section, "modalities")),
+                tls=section.get("tls", bool, False),
+                tls_server_name=section.get("tls_server_name", str, ""),
                 sop_classes=_string_list(section, "sop_classes"),
                 calling_aes=_string_list(section, "calling_aes"),
             )
@@ -499,12 +561,17 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
     destinations = _read_destinations(root.get("destinations", list, []))
     deidentify = _read_deidentify(root.section("deidentify"))
     forward = _read_forward(root.section("forward"))
+    tls = _read_tls(root.section("tls"))
+    if any(d.tls for d in destinations) and tls.ca_certificates is None:
+        raise ConfigError("tls.ca_certificates: a destination with tls = true needs the CA "
+                          "that signed the archive's certificate")
     root.finish()
     return Settings(
         gateway=gateway,
         destinations=destinations,
         deidentify=deidentify,
         forward=forward,
+        tls=tls,
         secret=_read_secret(gateway),
         source=source,
     )

@@ -93,13 +93,14 @@ def _resolve(basic: str, option_actions: Iterable[str | None]) -> str:
 def build_profile(option_keys: Iterable[str] = ()) -> Profile:
     """Resolve Table E.1-1 for the given E.3 option keys; unknown or contradictory keys raise."""
     catalogue = option_catalogue()
-    keys = list(dict.fromkeys(option_keys))
-    for index, key in enumerate(keys):
+    given = list(option_keys)
+    for index, key in enumerate(given):  # numbered as written, before duplicates are dropped
         if key not in catalogue:
             raise ConfigError(
                 f"deidentify.options[{index}]: unknown option {key!r}; "
                 f"choose from {', '.join(sorted(catalogue))}"
             )
+    keys = list(dict.fromkeys(given))
     if set(keys) >= CONTRADICTORY_OPTIONS:
         raise ConfigError(
             "deidentify.options: 'retain_long_full_dates' and 'retain_long_modified_dates' "
