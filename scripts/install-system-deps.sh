@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs the real DICOM peers the tests use (Debian packages), only where they are missing.
+# Installs the real DICOM peers the tests use (Debian packages: dcmtk, dicom3tools, Orthanc as
+# a real PACS, openssl for a test CA), only where they are missing.
 set -euo pipefail
 need=()
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
