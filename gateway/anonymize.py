@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway import logs
 from gateway.deid.engine import Policy, Pseudonym
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import ConfigError, InstanceError, NotDicom
 from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import Quarantine
+
+log = logs.get_logger("anonymize")
 
 MAP_BATCH = 200  # files whose pseudonyms are written to the map in one transaction
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -119,7 +122,9 @@ class Anonymizer:
             return False
         except InstanceError as exc:
             # Absolute: `quarantine release` may run from another working directory.
-            self.quarantine.put(data, source, exc, {"destination": str(dst.resolve())})
+            record = self.quarantine.put(data, source, exc, {"destination": str(dst.resolve())})
+            log.warning("quarantined", quarantine_id=record.id, reason=exc.reason,
+                        error=type(exc).__name__)
             summary.quarantined += 1
             summary.reasons[exc.reason] += 1
             return False
@@ -128,6 +133,7 @@ class Anonymizer:
             summary.duplicates += 1  # e.g. one instance in two transfer syntaxes: the last wins
         self._written.add(target)
         write_atomically(target, clean.data)
+        log.debug("de-identified", sop_instance_uid=clean.sop_instance_uid, size=len(clean.data))
         summary.written += 1
         summary.unhandled.update(clean.result.unhandled.keys())
         self._pending.extend(clean.result.pseudonyms)

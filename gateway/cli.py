@@ -19,7 +19,7 @@ from typing import TextIO
 
 from pydicom.datadict import keyword_for_tag
 
-from gateway import __version__
+from gateway import __version__, logs
 from gateway.anonymize import Anonymizer, Summary, anonymize_tree
 from gateway.deliveries import Deliveries, status_report
 from gateway.errors import ConfigError, GatewayError, InstanceError, StateError
@@ -32,6 +32,8 @@ from gateway.spool import Spool
 DEFAULT_CONFIG = "config/gateway.toml"
 CONFIG_ENV = "DICOM_GATEWAY_CONFIG"
 
+log = logs.get_logger("cli")
+
 EXIT_OK = 0
 EXIT_ATTENTION = 1
 EXIT_CONFIG = 2
@@ -39,7 +41,9 @@ EXIT_STATE = 3
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config))
+    settings = load_settings(Path(args.config))
+    logs.configure(settings.logging.level, settings.logging.format)
+    return settings
 
 
 def _print_progress(done: int, total: int) -> None:
@@ -71,6 +75,7 @@ def cmd_init_secret(args: argparse.Namespace) -> int:
 def cmd_anonymize(args: argparse.Namespace) -> int:
     settings = _settings(args)
     secret = settings.require_secret()
+    settings.prepare_data_dir()
     store = PseudonymStore(settings.database_url)
     try:
         anonymizer = Anonymizer(settings.policy(), secret, store, Quarantine(settings.quarantine_dir))
@@ -78,6 +83,9 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         summary = anonymize_tree(Path(args.src), Path(args.dst), anonymizer, progress)
     finally:
         store.close()
+    log.info("anonymize finished", files_in=summary.files_in, written=summary.written,
+             quarantined=summary.quarantined, skipped=summary.skipped,
+             duplicates=summary.duplicates)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -207,6 +215,7 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             print(f"{record.id}: released to {where}")
+            log.info("released", quarantine_id=record.id, reason=record.reason)
     finally:
         store.close()
         deliveries.close()
@@ -280,6 +289,22 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return EXIT_ATTENTION if failed else EXIT_OK
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.checks import Finding, offline_checks, online_checks
+
+    try:
+        settings = load_settings(Path(args.config))
+    except GatewayError as exc:
+        print(f"error: {exc}")
+        return EXIT_CONFIG
+    findings: list[Finding] = offline_checks(settings)
+    if args.online:
+        findings += online_checks(settings)
+    for f in findings:
+        print(f"{'ok' if f.ok else 'error'}: {f.key}: {f.message}")
+    return EXIT_OK if all(f.ok for f in findings) else EXIT_CONFIG
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -317,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = commands.add_parser("check-config", help="validate the configuration (and reach "
+                            "the destinations with --online)")
+    _add_config(p)
+    p.add_argument("--online", action="store_true", help="also C-ECHO every destination")
+    p.set_defaults(func=cmd_check_config)
 
     p = commands.add_parser("echo", help="C-ECHO each destination (or the one named)")
     _add_config(p)

@@ -10,7 +10,6 @@ is deleted only when every destination has it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import ssl
 import threading
@@ -23,6 +22,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from gateway import logs, metrics
 from gateway.deliveries import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
 from gateway.errors import DeliveryRefused, GatewayError
 from gateway.quarantine import Quarantine
@@ -31,7 +31,7 @@ from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.tls import client_context
 
-log = logging.getLogger(__name__)
+log = logs.get_logger("forward")
 
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 RESCAN_MIN_AGE = 10.0  # seconds: younger entries are still being registered by the receiver
@@ -157,8 +157,8 @@ class Dispatcher:
         while not self._stopping.wait(self.settings.forward.rescan_seconds):
             try:
                 self.recover(min_age=RESCAN_MIN_AGE)
-            except GatewayError:
-                log.warning("spool rescan failed; trying again later")
+            except GatewayError as exc:
+                log.warning("spool rescan failed; trying again later", error=type(exc).__name__)
 
     def stop(self, timeout: float) -> None:
         self._stopping.set()
@@ -205,6 +205,10 @@ class Forwarder(threading.Thread):
     def pending(self) -> int:
         with self._cond:
             return len(self._queue)
+
+    def oldest_age(self) -> float:
+        with self._cond:
+            return max((e.age for e in self._queue), default=0.0)
 
     def stop(self) -> None:
         with self._cond:
@@ -281,8 +285,9 @@ class Forwarder(threading.Thread):
     def _send_safely(self, batch: list[SpoolEntry]) -> None:
         try:
             self._send(batch)
-        except Exception:  # noqa: BLE001 - the sender must outlive any bug; the spool keeps all
-            log.exception("forwarding to %s failed unexpectedly; retrying", self.destination.name)
+        except Exception as exc:  # noqa: BLE001 - the sender must outlive any bug; the spool keeps all
+            log.error("forwarding failed unexpectedly", destination=self.destination.name,
+                      error=type(exc).__name__)
             self._release(abort=True)
             self._requeue(batch)  # unrecorded sends go again: at least once, never lost
             self._back_off()
@@ -300,6 +305,7 @@ class Forwarder(threading.Thread):
                 "transfer syntax"
         if assoc is None:
             return Outcome.TRANSIENT, "no association"
+        started = time.perf_counter()
         try:
             response = assoc.send_c_store(entry.path)
         except ValueError:
@@ -312,6 +318,12 @@ class Forwarder(threading.Thread):
         outcome = classify_status(status)
         if outcome is Outcome.TRANSIENT and status is None:
             self._release(abort=True)
+        if outcome is Outcome.SENT:
+            elapsed = time.perf_counter() - started
+            metrics.FORWARD_SECONDS.labels(destination=self.destination.name).observe(elapsed)
+            log.info("forwarded", sop_instance_uid=entry.sop_instance_uid,
+                     destination=self.destination.name, status=f"0x{status:04X}",
+                     size=entry.size, duration_ms=round(elapsed * 1000, 2))
         return outcome, "no response" if status is None else f"status 0x{status:04X}"
 
     def _association(self, batch: list[SpoolEntry]) -> Association | None:
@@ -368,16 +380,22 @@ class Forwarder(threading.Thread):
                     forward.retry_initial_seconds * 2 ** (self._failures - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter: restarted gateways don't retry in lockstep
         self._not_before = time.monotonic() + delay
+        log.warning("retrying later", destination=self.destination.name, attempt=self._failures,
+                    delay_s=round(delay, 2), pending=len(self._queue))
 
     def _dead_letter(self, entry: SpoolEntry, why: str) -> bool:
         """Move the de-identified instance to quarantine; False if that failed."""
         try:
             data = entry.path.read_bytes()
             error = DeliveryRefused(f"{self.destination.name} refused it: {why}")
-            self.quarantine.put(data, f"forward to {self.destination.name}", error,
-                                {"destination": self.destination.name, "dead_letter": True})
-        except (GatewayError, OSError):
+            record = self.quarantine.put(data, f"forward to {self.destination.name}", error,
+                                         {"destination": self.destination.name, "dead_letter": True})
+        except (GatewayError, OSError) as exc:
+            log.error("dead letter not persisted", destination=self.destination.name,
+                      sop_instance_uid=entry.sop_instance_uid, error=type(exc).__name__)
             return False
+        log.warning("dead-lettered", sop_instance_uid=entry.sop_instance_uid,
+                    destination=self.destination.name, reason=why, quarantine_id=record.id)
         return True
 
     def _record(self, sent: list[SpoolEntry], dead: list[SpoolEntry]) -> None:
@@ -388,9 +406,13 @@ class Forwarder(threading.Thread):
         counts = {(FORWARDED, name): len(sent), (DEAD_LETTERED, name): len(dead)}
         try:
             self.deliveries.record(rows, counts)
-        except GatewayError:
-            log.warning("cannot record deliveries; they will be sent again after a restart")
+        except GatewayError as exc:
+            log.warning("deliveries not recorded; sent again after a restart", destination=name,
+                        error=type(exc).__name__)
             return
+        metrics.FORWARDED.labels(destination=name).inc(len(sent))
+        metrics.FORWARDED_BYTES.labels(destination=name).inc(sum(e.size for e in sent))
+        metrics.DEAD_LETTERED.labels(destination=name).inc(len(dead))
         self.dispatcher.delivered([e.id for e in sent + dead], name)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from gateway import logs, metrics
 from gateway.deid.engine import Policy
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.deliveries import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, Deliveries
@@ -27,6 +29,8 @@ from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.tls import server_context
+
+log = logs.get_logger("receive")
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -88,6 +92,10 @@ class GatewayAE(AE):
         self.caller_rules = tuple(CallerRule(t) for t in ae_titles)
 
 
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
 class Receiver:
     def __init__(
         self,
@@ -116,24 +124,32 @@ class Receiver:
         return SUCCESS
 
     def handle_store(self, event: Event) -> int:
+        started = time.perf_counter()
         requestor = event.assoc.requestor
         calling_ae = str(requestor.ae_title).strip()
-        source = f"{calling_ae}@{requestor.address}:{requestor.port}"
+        peer = f"{requestor.address}:{requestor.port}"
+        source = f"{calling_ae}@{peer}"
         try:
             data = event.encoded_dataset(include_meta=True)
         except (AttributeError, ValueError, KeyError) as exc:
-            return self._quarantine(b"", source, MalformedInstance(
+            return self._quarantine(b"", source, calling_ae, MalformedInstance(
                 f"cannot read the C-STORE data set ({type(exc).__name__})"))
+        log.info("received", calling_ae=calling_ae, peer=peer, size=len(data))
+        metrics.RECEIVED_BYTES.inc(len(data))
         try:
             clean = deidentify_bytes(data, self.policy, self.secret)
         except InstanceError as exc:
-            return self._quarantine(data, source, exc)
+            return self._quarantine(data, source, calling_ae, exc)
         except NotDicom as exc:
-            return self._quarantine(data, source, MalformedInstance(str(exc)))
+            return self._quarantine(data, source, calling_ae, MalformedInstance(str(exc)))
         except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the instance
-            return self._quarantine(data, source, MalformedInstance(
+            return self._quarantine(data, source, calling_ae, MalformedInstance(
                 f"unexpected {type(exc).__name__} while de-identifying"))
-        return self._spool(clean, calling_ae)
+        log.info("de-identified", sop_instance_uid=clean.sop_instance_uid, calling_ae=calling_ae,
+                 duration_ms=_ms(started))
+        status = self._spool(clean, calling_ae)
+        metrics.DEIDENTIFY_SECONDS.observe(time.perf_counter() - started)
+        return status
 
     def _spool(self, clean: CleanInstance, calling_ae: str) -> int:
         ds = clean.result.dataset
@@ -141,25 +157,50 @@ class Receiver:
         excluded = routing.excluded_from(self.settings.destinations)
         try:
             entry = self.spool.put(clean.data, str(ds.SOPClassUID),
-                                   str(ds.file_meta.TransferSyntaxUID))
+                                   str(ds.file_meta.TransferSyntaxUID), clean.sop_instance_uid)
             self.store.record(clean.result.pseudonyms)
             counts = {(RECEIVED, ""): 1}
             counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
             self.deliveries.record(((entry.id, name, FILTERED) for name in excluded), counts)
-        except (StateError, OSError):
+        except (StateError, OSError) as exc:
+            log.error("not persisted", sop_instance_uid=clean.sop_instance_uid,
+                      error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
             return OUT_OF_RESOURCES
+        log.info("spooled", sop_instance_uid=clean.sop_instance_uid, entry_id=entry.id,
+                 size=len(clean.data))
+        metrics.RECEIVED.labels(calling_ae=calling_ae).inc()
+        for name in excluded:
+            log.info("filtered", sop_instance_uid=clean.sop_instance_uid, destination=name)
+            metrics.FILTERED.labels(destination=name).inc()
         self.on_spooled(entry, excluded)
         return SUCCESS
 
-    def _quarantine(self, data: bytes, source: str, error: InstanceError) -> int:
+    def _quarantine(self, data: bytes, source: str, calling_ae: str, error: InstanceError) -> int:
         try:
-            self.quarantine.put(data, source, error, {"received_by": "serve"})
+            record = self.quarantine.put(data, source, error, {"received_by": "serve"})
             self.deliveries.count({(QUARANTINED, ""): 1})
-        except (GatewayError, OSError):
+        except (GatewayError, OSError) as exc:
+            log.error("not persisted", calling_ae=calling_ae, error=type(exc).__name__,
+                      status=f"0x{OUT_OF_RESOURCES:04X}")
             return OUT_OF_RESOURCES
-        if self.settings.gateway.on_deidentify_failure == "accept":
-            return SUCCESS
-        return error.status
+        status = SUCCESS if self.settings.gateway.on_deidentify_failure == "accept" else error.status
+        log.warning("quarantined", quarantine_id=record.id, calling_ae=calling_ae,
+                    reason=error.reason, error=type(error).__name__, status=f"0x{status:04X}")
+        metrics.QUARANTINED.labels(reason=error.reason).inc()
+        return status
+
+    def _association_opened(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.info("association", calling_ae=str(requestor.ae_title).strip(),
+                 peer=f"{requestor.address}:{requestor.port}")
+
+    def _association_rejected(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.warning("association rejected", calling_ae=str(requestor.ae_title).strip(),
+                    peer=f"{requestor.address}:{requestor.port}")
+
+    def active_associations(self) -> int:
+        return len(self.server.active_associations) if self.server is not None else 0
 
     # --- the server ---
 
@@ -182,6 +223,8 @@ class Receiver:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_ESTABLISHED, self._association_opened),
+            (evt.EVT_REJECTED, self._association_rejected),
         ]
         ssl_context = server_context(self.settings.tls) if self.settings.tls.enabled else None
         server = self.make_ae().start_server(

@@ -7,7 +7,6 @@ spool is sent after the next start.
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ from types import FrameType
 
 from pynetdicom import _config as pynetdicom_config
 
+from gateway import logs, metrics
 from gateway.deliveries import Deliveries
 from gateway.errors import ConfigError
 from gateway.forward import Dispatcher
@@ -24,6 +24,8 @@ from gateway.quarantine import Quarantine
 from gateway.receive import Receiver
 from gateway.settings import Settings
 from gateway.spool import Spool
+
+log = logs.get_logger("service")
 
 SHUTDOWN_SECONDS = 20.0  # bound on finishing in-flight stores and sends
 
@@ -55,6 +57,7 @@ class Gateway:
             raise ConfigError("destinations: serve needs at least one [[destinations]] block")
         secret = settings.require_secret()
         policy = settings.policy()
+        settings.prepare_data_dir()
         configure_pynetdicom()
         spool = Spool(settings.spool_dir)
         store = PseudonymStore(settings.database_url)
@@ -74,7 +77,16 @@ class Gateway:
             ) from exc
         return cls(settings, receiver, dispatcher, store, deliveries)
 
+    def pending(self) -> int:
+        return sum(f.pending() for f in self.dispatcher.forwarders.values())
+
+    def track_metrics(self) -> None:
+        for name, forwarder in self.dispatcher.forwarders.items():
+            metrics.track_destination(name, forwarder.pending, forwarder.oldest_age)
+        metrics.ACTIVE_ASSOCIATIONS.set_function(self.receiver.active_associations)
+
     def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        log.info("stopping", pending=self.pending())
         deadline = time.monotonic() + timeout
         server = self.receiver.server
         if server is not None:
@@ -88,16 +100,9 @@ class Gateway:
         self.deliveries.close()
 
 
-def configure_logging() -> None:
-    """Plain lines on standard error; pynetdicom only for warnings (its INFO names patients)."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
-    configure_logging()
+    logs.configure(settings.logging.level, settings.logging.format)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -105,9 +110,12 @@ def serve(settings: Settings) -> None:
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     gateway = Gateway.start(settings)
+    if settings.metrics.address:
+        metrics.serve_metrics(settings.metrics.address)
+        gateway.track_metrics()
     g = settings.gateway
-    print(f"dicom-gateway listening as {g.ae_title} on {g.host}:{g.port}; forwarding to "
-          f"{', '.join(d.name for d in settings.destinations)}", flush=True)
+    log.info("started", ae_title=g.ae_title, host=g.host, port=g.port,
+             destinations=[d.name for d in settings.destinations], pending=gateway.pending())
     try:
         while not stop.wait(1.0):
             pass
@@ -115,4 +123,4 @@ def serve(settings: Settings) -> None:
         gateway.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    print("dicom-gateway stopped", flush=True)
+    log.info("stopped")

@@ -23,7 +23,7 @@ from gateway.deid.engine import PatientPolicy, Policy
 from gateway.deid.private import SafePrivateList, parse_user_list, standard_safe_private
 from gateway.deid.profile import build_profile
 from gateway.deid.uids import DEFAULT_ROOT, MAX_UID_LENGTH
-from gateway.errors import ConfigError, SecretError
+from gateway.errors import ConfigError, SecretError, StateError
 
 SECRET_ENV = "DICOM_GATEWAY_SECRET"
 MIN_SECRET_BYTES = 16
@@ -76,6 +76,17 @@ class TlsSettings:
     private_key: Path | None = None
     ca_certificates: Path | None = None  # PEM bundle trusted for peers' certificates
     require_client_certificate: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"  # debug, info, warning, error
+    format: str = "auto"  # auto: JSON lines unless standard error is a terminal; json; console
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    address: str = ""  # host:port for Prometheus /metrics; empty: off
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,8 @@ class Settings:
     deidentify: DeidentifySettings
     forward: ForwardSettings = ForwardSettings()
     tls: TlsSettings = TlsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     secret: Secret | None = None
     source: Path | None = None
 
@@ -169,6 +182,15 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    def prepare_data_dir(self) -> None:
+        """Create the data folder private (0700): it holds the map and the quarantine."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.data_dir, 0o700)
+        except OSError as exc:
+            raise StateError(f"gateway.data_dir: cannot use {self.data_dir} ({exc.strerror})") \
+                from exc
 
     def require_secret(self) -> bytes:
         if self.secret is None:
@@ -362,6 +384,29 @@ def _read_tls(section: _Section) -> TlsSettings:
                           "tls.ca_certificates to verify the clients' certificates")
     section.finish()
     return result
+
+
+def _read_logging(section: _Section) -> LoggingSettings:
+    level = section.get("level", str, "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{section.key('level')}: {level!r} is not one of debug, info, "
+                          "warning, error")
+    fmt = section.get("format", str, "auto").lower()
+    if fmt not in ("auto", "json", "console"):
+        raise ConfigError(f"{section.key('format')}: {fmt!r} is not one of auto, json, console")
+    section.finish()
+    return LoggingSettings(level, fmt)
+
+
+def _read_metrics(section: _Section) -> MetricsSettings:
+    address = section.get("address", str, "")
+    if address:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"{section.key('address')}: {address!r} is not host:port, "
+                              'e.g. "127.0.0.1:9110"; empty turns metrics off')
+    section.finish()
+    return MetricsSettings(address)
 
 
 def _read_forward(section: _Section) -> ForwardSettings:
@@ -562,6 +607,8 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
     deidentify = _read_deidentify(root.section("deidentify"))
     forward = _read_forward(root.section("forward"))
     tls = _read_tls(root.section("tls"))
+    logging_settings = _read_logging(root.section("logging"))
+    metrics = _read_metrics(root.section("metrics"))
     if any(d.tls for d in destinations) and tls.ca_certificates is None:
         raise ConfigError("tls.ca_certificates: a destination with tls = true needs the CA "
                           "that signed the archive's certificate")
@@ -572,6 +619,8 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
         deidentify=deidentify,
         forward=forward,
         tls=tls,
+        logging=logging_settings,
+        metrics=metrics,
         secret=_read_secret(gateway),
         source=source,
     )
@@ -589,7 +638,7 @@ def load_settings(path: Path) -> Settings:
 
 def write_new_secret(path: Path) -> None:
     """32 random bytes, hex-encoded, in a new file readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_hex(SECRET_BYTES) + "\n")

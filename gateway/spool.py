@@ -29,6 +29,7 @@ class SpoolEntry:
     transfer_syntax_uid: str
     size: int
     created: float  # seconds since the epoch
+    sop_instance_uid: str = ""  # the de-identified one (for logs)
 
     @property
     def age(self) -> float:
@@ -62,7 +63,9 @@ class Spool:
         with self._lock:
             return f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):06d}"
 
-    def put(self, data: bytes, sop_class_uid: str, transfer_syntax_uid: str) -> SpoolEntry:
+    def put(
+        self, data: bytes, sop_class_uid: str, transfer_syntax_uid: str, sop_instance_uid: str = ""
+    ) -> SpoolEntry:
         """Store durably; returns only when the entry survives a crash."""
         entry_id = self._new_id()
         temp = self.staging / f"{entry_id}{SUFFIX}"
@@ -79,7 +82,7 @@ class Spool:
             temp.unlink(missing_ok=True)
             raise StateError(f"cannot write to the spool ({exc.strerror})") from exc
         return SpoolEntry(entry_id, final, sop_class_uid, transfer_syntax_uid, len(data),
-                          time.time())
+                          time.time(), sop_instance_uid)
 
     def entries(self) -> list[SpoolEntry]:
         """Every durable entry, oldest first (read at start-up and by status)."""
@@ -103,6 +106,7 @@ class Spool:
             transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
             size=stat.st_size,
             created=stat.st_mtime,
+            sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "")),
         )
 
     def ids(self) -> list[str]:
