@@ -23,10 +23,16 @@ from gateway import __version__, logs
 from gateway.anonymize import Anonymizer, Summary, anonymize_tree
 from gateway.deliveries import Deliveries, status_report
 from gateway.errors import ConfigError, GatewayError, InstanceError, StateError
-from gateway.pseudonyms import PseudonymStore
+from gateway.pseudonyms import PseudonymStore, backup_database
 from gateway.quarantine import Quarantine, QuarantineRecord
 from gateway.release import Releaser
-from gateway.settings import Settings, load_settings, write_new_secret
+from gateway.settings import (
+    SECRET_ENV,
+    Settings,
+    load_settings,
+    write_new_secret,
+    write_private_bytes,
+)
 from gateway.spool import Spool
 
 DEFAULT_CONFIG = "config/gateway.toml"
@@ -305,6 +311,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK if all(f.ok for f in findings) else EXIT_CONFIG
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """The pseudonym map and the secret together: without both, pseudonyms cannot be traced."""
+    settings = _settings(args)
+    target = Path(args.folder)
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(target, 0o700)
+    backup_database(settings.database_url, target / "gateway.db")
+    if settings.gateway.secret_file is not None:
+        secret_copy = target / "secret.key"
+        secret_copy.unlink(missing_ok=True)
+        write_private_bytes(secret_copy, settings.gateway.secret_file.read_bytes())
+    else:
+        print(f"the secret comes from ${SECRET_ENV}: keep a copy of it with this backup",
+              file=sys.stderr)
+    print(f"backed up the pseudonym map{' and the secret' if settings.gateway.secret_file else ''}"
+          f" to {target}")
+    return EXIT_OK
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -348,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--online", action="store_true", help="also C-ECHO every destination")
     p.set_defaults(func=cmd_check_config)
+
+    p = commands.add_parser("backup", help="copy the pseudonym map and the secret to FOLDER")
+    _add_config(p)
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_backup)
 
     p = commands.add_parser("echo", help="C-ECHO each destination (or the one named)")
     _add_config(p)

@@ -222,6 +222,22 @@ class PseudonymStore:
             return [(r.at, r.action, r.query, r.account) for r in rows]
 
 
+def backup_database(url: str, target: Path) -> None:
+    """Copy an SQLite database consistently while the gateway runs (SQLite's online backup)."""
+    import sqlite3
+
+    source = _sqlite_path(url)
+    if source is None:
+        raise StateError("gateway.database_url: backup copies SQLite only; back up other "
+                         "databases with their own tools (e.g. pg_dump)")
+    _create_private_file(target)
+    try:
+        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot back up the database ({exc})") from exc
+
+
 def _entry(row: PseudonymRow) -> MapEntry:
     return MapEntry(row.kind, row.original, row.pseudonym, row.first_seen, row.last_seen,
                     row.count)
