@@ -23,10 +23,11 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 
 from gateway import __version__
 from gateway.deid import dates, leaks
-from gateway.deid.private import SafePrivateList
+from gateway.deid.private import SafePrivateList, standard_safe_private
 from gateway.deid.profile import (
     CLEAN,
     DUMMY,
@@ -56,6 +57,7 @@ DUMMY_BY_VR: dict[str, object] = {
 # Text VRs whose unlisted attributes may carry free text about a person: reported for review.
 FREE_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT", "DA", "DT"})
 TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+CODED_TEXT_VRS = frozenset({"AE", "CS", "UR"})
 
 PATIENT_NAME = Tag("PatientName")
 PATIENT_ID = Tag("PatientID")
@@ -98,7 +100,7 @@ class Policy:
     trust_deidentified: bool = False
     strict: bool = False
     quarantine_burned_in_annotation: bool = True
-    safe_private: SafePrivateList = SafePrivateList(frozenset())
+    safe_private: SafePrivateList = field(default_factory=standard_safe_private)
     replacement_institution_name: str = ""
 
 
@@ -182,12 +184,15 @@ def deidentify(ds: Dataset, policy: Policy, secret: bytes) -> Result:
         raise MalformedInstance("SOPInstanceUID is missing")
     if policy.quarantine_burned_in_annotation and _value_text(ds, BURNED_IN).upper() == "YES":
         raise BurnedInAnnotation("BurnedInAnnotation is YES and pixel cleaning is not available")
+    trusted = policy.trust_deidentified and _value_text(ds, IDENTITY_REMOVED).upper() == "YES"
     try:
-        identifiers = leaks.collect_identifiers(ds, ignore=_own_values(policy))
+        # Trusted input is already de-identified: its staff names (dummies or kept on purpose)
+        # are not the patient's, so only the patient's own identity is guarded there.
+        identifiers = leaks.collect_identifiers(ds, ignore=_own_values(policy),
+                                                people=not trusted)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MalformedInstance(f"cannot read patient attributes ({type(exc).__name__})") from exc
-
-    if policy.trust_deidentified and _value_text(ds, IDENTITY_REMOVED).upper() == "YES":
+    if trusted:
         return _pass_trusted(ds, identifiers)
 
     key = patient_key(ds)
@@ -324,7 +329,7 @@ def _apply(ds: Dataset, tag: BaseTag, walk: _Walk, top: bool) -> None:
         return
     handler = _HANDLERS.get(action) or _resolve_compound(action, raw)
     handler(ds, tag, vr, walk)
-    if top and tag == PATIENT_AGE and tag in ds:
+    if tag == PATIENT_AGE and tag in ds:  # at any level: a nested age is an age too
         ds[tag].value = dates.aggregate_age(str(ds[tag].value or ""))
 
 
@@ -395,6 +400,10 @@ def _clean(ds: Dataset, tag: BaseTag, vr: str, walk: _Walk) -> None:
             _dummy(ds, tag, vr, walk)
         else:
             _shift_date(ds, tag, vr, walk)
+    elif vr in CODED_TEXT_VRS:
+        # Codes and AE titles cannot hold a scrubbed text: one that names someone is replaced.
+        if walk.identifiers.found_in(leaks.as_text(ds[tag])):
+            _dummy(ds, tag, vr, walk)
     elif vr in TEXT_VRS:
         element = ds[tag]
         if element.value:
@@ -417,8 +426,8 @@ def _basic_profile() -> Profile:
 def _scrub(value: object, identifiers: leaks.Identifiers) -> object:
     if isinstance(value, str):
         return identifiers.scrub(value)
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return [identifiers.scrub(str(v)) for v in value]  # type: ignore[union-attr]
+    if leaks.is_multi(value):
+        return [identifiers.scrub(str(v)) for v in value]  # type: ignore[attr-defined]
     return identifiers.scrub(str(value))
 
 
@@ -467,8 +476,9 @@ def _apply_unlisted(ds: Dataset, tag: BaseTag, vr: str, walk: _Walk) -> None:
     if vr == "SQ":
         _keep(ds, tag, vr, walk)
     elif vr == "UI":
-        # Fix (tests): under Retain UIDs an unlisted reference (e.g. SOPInstanceUIDOfConcatenation
-        # Source) was still replaced, so it no longer matched the retained UID it points at.
+        # Fix (tests): under Retain UIDs an unlisted reference to an instance (e.g.
+        # SOPInstanceUIDOfConcatenationSource) was still replaced, so it no longer matched the
+        # retained UID it points at.
         if "retain_uids" not in walk.policy.profile.option_keys and not (
             keyword_for_tag(tag) or ""
         ).endswith(CLASS_UID_KEYWORDS_SUFFIXES):
@@ -486,13 +496,13 @@ def _clean_file_meta(meta: FileMetaDataset, walk: _Walk, sop_instance_uid: str =
         if tag in meta:
             del meta[tag]
     if "MediaStorageSOPInstanceUID" in meta and "retain_uids" not in walk.policy.profile.option_keys:
-        meta.MediaStorageSOPInstanceUID = walk.uids.replace(str(meta.MediaStorageSOPInstanceUID))
+        meta.MediaStorageSOPInstanceUID = UID(walk.uids.replace(str(meta.MediaStorageSOPInstanceUID)))
     if sop_instance_uid:
         # Fix (tests): PS3.10 wants the file meta to name the instance it holds. Mapping an input
         # whose meta disagrees with its SOPInstanceUID (several pydicom samples do) kept the
         # disagreement; the de-identified data set's own UID is the one to name.
-        meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
 
 

@@ -68,14 +68,14 @@ def _name_parts(value: object) -> Iterator[str]:
 def _text_values(value: object) -> Iterator[str]:
     if value is None:
         return
-    items: Iterable[object] = value if _is_multi(value) else [value]  # type: ignore[assignment]
+    items: Iterable[object] = value if is_multi(value) else [value]  # type: ignore[assignment]
     for item in items:
         text = str(item).strip()
         if len(text) >= MIN_ID:
             yield text.upper()
 
 
-def _is_multi(value: object) -> bool:
+def is_multi(value: object) -> bool:
     return isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
 
 
@@ -100,9 +100,14 @@ def _person_names(ds: Dataset) -> Iterator[str]:
                 yield from _person_names(item)
 
 
-def collect_identifiers(ds: Dataset, ignore: frozenset[str] = frozenset()) -> Identifiers:
-    """Identifying strings of ``ds``; ``ignore`` lists upper-case values that identify nobody."""
-    values: set[str] = set(_person_names(ds))
+def collect_identifiers(
+    ds: Dataset, ignore: frozenset[str] = frozenset(), people: bool = True
+) -> Identifiers:
+    """Identifying strings of ``ds``; ``ignore`` lists upper-case values that identify nobody.
+
+    ``people`` adds the name parts of every person named anywhere in the data set (staff too).
+    """
+    values: set[str] = set(_person_names(ds)) if people else set()
     for tag in PATIENT_NAME_TAGS:
         if tag in ds:
             values.update(_name_parts(ds[tag].value))
@@ -126,7 +131,7 @@ def identifiers_from(values: set[str]) -> Identifiers:
     return Identifiers(frozenset(values), pattern)
 
 
-def _as_text(element: DataElement) -> str:
+def as_text(element: DataElement) -> str:
     value = element.value
     if isinstance(value, bytes):
         return value.decode("latin-1", "replace")
@@ -159,7 +164,7 @@ def find_leaks(
                 hits.extend(find_leaks(item, identifiers, skip, f"{path}{name}[{index}]."))
         elif vr in SCANNED_VRS:
             element = ds[tag]
-            if identifiers.found_in(_as_text(element)):
+            if identifiers.found_in(as_text(element)):
                 hits.append(path + _element_name(element))
     return hits
 

@@ -50,6 +50,17 @@ def standard_safe_private() -> SafePrivateList:
     return SafePrivateList(frozenset(keys))
 
 
+_LINE = re.compile(
+    r"\(?\s*([0-9A-Fa-f]{4})\s*[, ]\s*(?:xx|XX|[0-9A-Fa-f]{2})([0-9A-Fa-f]{2})\s*\)?\s*(.*)"
+)
+
+
+def _element_and_creator(line: str) -> tuple[re.Match[str] | None, str]:
+    """``gggg eeee Creator`` or ``(gggg,xxee) Creator`` -> (match of the element, creator)."""
+    match = _LINE.fullmatch(line)
+    return match, (match[3].strip() if match else "")
+
+
 def parse_user_list(lines: Iterable[str], source: str = "safe private list") -> SafePrivateList:
     """Parse a user's list of private elements to keep.
 
@@ -58,7 +69,7 @@ def parse_user_list(lines: Iterable[str], source: str = "safe private list") -> 
     ``#`` starts a comment; blank lines are ignored.
     """
     keys = set()
-    current_creator: str | None = None
+    current_creator = ""
     for number, raw in enumerate(lines, start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -66,9 +77,8 @@ def parse_user_list(lines: Iterable[str], source: str = "safe private list") -> 
         if line.upper().startswith("CREATOR "):
             current_creator = line[len("CREATOR ") :].strip()
             continue
-        parts = line.split(None, 2)
-        match = _ELEMENT.fullmatch(" ".join(parts[:2])) if len(parts) >= 2 else None
-        creator = parts[2] if len(parts) == 3 else current_creator
+        match, creator = _element_and_creator(line)
+        creator = creator or current_creator
         if match is None or not creator:
             raise ConfigError(
                 f"{source}, line {number}: expected 'gggg eeee Creator' (e.g. '0019 xx0C SIEMENS"
