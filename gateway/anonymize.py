@@ -18,8 +18,8 @@ from gateway import logs
 from gateway.deid.engine import Policy, Pseudonym
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import ConfigError, InstanceError, NotDicom
-from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import Quarantine
+from gateway.state import PseudonymStore
 
 log = logs.get_logger("anonymize")
 

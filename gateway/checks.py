@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import GatewayError
-from gateway.pseudonyms import open_engine
 from gateway.settings import Settings
+from gateway.state import open_engine
 from gateway.tls import client_context, server_context
 
 

@@ -21,9 +21,7 @@ from pydicom.datadict import keyword_for_tag
 
 from gateway import __version__, logs
 from gateway.anonymize import Anonymizer, Summary, anonymize_tree
-from gateway.deliveries import Deliveries, status_report
 from gateway.errors import ConfigError, GatewayError, InstanceError, StateError
-from gateway.pseudonyms import PseudonymStore, backup_database
 from gateway.quarantine import Quarantine, QuarantineRecord
 from gateway.release import Releaser
 from gateway.settings import (
@@ -34,6 +32,7 @@ from gateway.settings import (
     write_private_bytes,
 )
 from gateway.spool import Spool
+from gateway.state import Deliveries, PseudonymStore, backup_database, status_report
 
 DEFAULT_CONFIG = "config/gateway.toml"
 CONFIG_ENV = "DICOM_GATEWAY_CONFIG"

@@ -15,7 +15,6 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from enum import Enum
 
 from pynetdicom import AE, build_context, evt
@@ -23,12 +22,12 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway import logs, metrics
-from gateway.deliveries import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
 from gateway.errors import DeliveryRefused, GatewayError
 from gateway.quarantine import Quarantine
 from gateway.receive import set_tcp_nodelay
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
+from gateway.state import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
 from gateway.tls import client_context
 
 log = logs.get_logger("forward")
@@ -93,6 +92,7 @@ class Dispatcher:
             for d in settings.destinations
         }
         self._remaining: dict[str, set[str]] = {}
+        self._with_rows: set[str] = set()  # entries with delivery rows in the database
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._rescanner = threading.Thread(target=self._rescan_loop, name="spool-rescan",
@@ -128,30 +128,45 @@ class Dispatcher:
                 return
             if remaining:
                 self._remaining[entry.id] = remaining
+            if done:
+                self._with_rows.add(entry.id)
         if not remaining:
             self._finish(entry.id)
             return
         for name in remaining:
             self.forwarders[name].submit(entry)
 
-    def delivered(self, entry_ids: Iterable[str], destination: str) -> None:
-        finished = []
+    def delivered(self, outcomes: list[tuple[str, str]], destination: str) -> None:
+        """``destination`` is done with these entries ((entry_id, outcome) pairs).
+
+        An entry every destination is done with leaves the spool; no row is needed for it. An
+        entry others still owe gets a durable row, so a restart does not send it here again.
+        """
+        finished, unfinished = [], []
         with self._lock:
-            for entry_id in entry_ids:
+            for entry_id, outcome in outcomes:
                 remaining = self._remaining.get(entry_id)
                 if remaining is None:
                     continue
                 remaining.discard(destination)
-                if not remaining:
+                if remaining:
+                    unfinished.append((entry_id, destination, outcome))
+                    self._with_rows.add(entry_id)
+                else:
                     finished.append(entry_id)
+        if unfinished:
+            self.deliveries.record(unfinished)
         for entry_id in finished:
             self._finish(entry_id)
 
     def _finish(self, entry_id: str) -> None:
         self.spool.remove(entry_id)
-        self.deliveries.forget([entry_id])
         with self._lock:
             self._remaining.pop(entry_id, None)
+            had_rows = entry_id in self._with_rows
+            self._with_rows.discard(entry_id)
+        if had_rows:
+            self.deliveries.forget([entry_id])
 
     def _rescan_loop(self) -> None:
         while not self._stopping.wait(self.settings.forward.rescan_seconds):
@@ -402,18 +417,16 @@ class Forwarder(threading.Thread):
         if not sent and not dead:
             return
         name = self.destination.name
-        rows = [(e.id, name, SENT) for e in sent] + [(e.id, name, DEAD) for e in dead]
-        counts = {(FORWARDED, name): len(sent), (DEAD_LETTERED, name): len(dead)}
-        try:
-            self.deliveries.record(rows, counts)
-        except GatewayError as exc:
-            log.warning("deliveries not recorded; sent again after a restart", destination=name,
-                        error=type(exc).__name__)
-            return
+        self.deliveries.count({(FORWARDED, name): len(sent), (DEAD_LETTERED, name): len(dead)})
         metrics.FORWARDED.labels(destination=name).inc(len(sent))
         metrics.FORWARDED_BYTES.labels(destination=name).inc(sum(e.size for e in sent))
         metrics.DEAD_LETTERED.labels(destination=name).inc(len(dead))
-        self.dispatcher.delivered([e.id for e in sent + dead], name)
+        outcomes = [(e.id, SENT) for e in sent] + [(e.id, DEAD) for e in dead]
+        try:
+            self.dispatcher.delivered(outcomes, name)
+        except GatewayError as exc:
+            log.warning("deliveries not recorded; sent again after a restart", destination=name,
+                        error=type(exc).__name__)
 
 
 def tls_args(settings: Settings, destination: Destination) -> tuple[ssl.SSLContext, str] | None:

@@ -22,12 +22,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from gateway import logs, metrics
 from gateway.deid.engine import Policy
 from gateway.deidentify import CleanInstance, deidentify_bytes
-from gateway.deliveries import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, Deliveries
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
-from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
 from gateway.spool import Spool, SpoolEntry
+from gateway.state import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, Deliveries, PseudonymStore
 from gateway.tls import server_context
 
 log = logs.get_logger("receive")
@@ -158,10 +157,11 @@ class Receiver:
         try:
             entry = self.spool.put(clean.data, str(ds.SOPClassUID),
                                    str(ds.file_meta.TransferSyntaxUID), clean.sop_instance_uid)
-            self.store.record(clean.result.pseudonyms)
+            if excluded:  # before the count: a restart must never send it there
+                self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
             counts = {(RECEIVED, ""): 1}
             counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
-            self.deliveries.record(((entry.id, name, FILTERED) for name in excluded), counts)
+            self.store.record(clean.result.pseudonyms, counts)
         except (StateError, OSError) as exc:
             log.error("not persisted", sop_instance_uid=clean.sop_instance_uid,
                       error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
@@ -178,7 +178,7 @@ class Receiver:
     def _quarantine(self, data: bytes, source: str, calling_ae: str, error: InstanceError) -> int:
         try:
             record = self.quarantine.put(data, source, error, {"received_by": "serve"})
-            self.deliveries.count({(QUARANTINED, ""): 1})
+            self.deliveries.count({(QUARANTINED, ""): 1}, durable=True)
         except (GatewayError, OSError) as exc:
             log.error("not persisted", calling_ae=calling_ae, error=type(exc).__name__,
                       status=f"0x{OUT_OF_RESOURCES:04X}")

@@ -15,13 +15,12 @@ from pathlib import Path
 
 from gateway.anonymize import output_path, write_atomically
 from gateway.deidentify import deidentify_bytes
-from gateway.deliveries import NOT_ADDRESSED, Deliveries
 from gateway.errors import InstanceError, MalformedInstance, NotDicom
 from gateway.instances import read_instance
-from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import Quarantine, QuarantineRecord
 from gateway.settings import Settings
 from gateway.spool import Spool
+from gateway.state import NOT_ADDRESSED, Deliveries, PseudonymStore
 
 
 @dataclass

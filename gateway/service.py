@@ -10,24 +10,24 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from pynetdicom import _config as pynetdicom_config
 
 from gateway import logs, metrics
-from gateway.deliveries import Deliveries
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.forward import Dispatcher
-from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import Quarantine
 from gateway.receive import Receiver
 from gateway.settings import Settings
 from gateway.spool import Spool
+from gateway.state import Deliveries, PseudonymStore
 
 log = logs.get_logger("service")
 
-SHUTDOWN_SECONDS = 20.0  # bound on finishing in-flight stores and sends
+SHUTDOWN_SECONDS = 20.0
+STATE_FLUSH_SECONDS = 1.0  # bound on finishing in-flight stores and sends
 
 
 def configure_pynetdicom() -> None:
@@ -50,6 +50,7 @@ class Gateway:
     dispatcher: Dispatcher
     store: PseudonymStore
     deliveries: Deliveries
+    _stopped: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def start(cls, settings: Settings) -> Gateway:
@@ -75,7 +76,18 @@ class Gateway:
                 f"gateway.port: cannot listen on {settings.gateway.host}:{settings.gateway.port}"
                 f" ({exc.strerror}); is another gateway running?"
             ) from exc
-        return cls(settings, receiver, dispatcher, store, deliveries)
+        gateway = cls(settings, receiver, dispatcher, store, deliveries)
+        threading.Thread(target=gateway._flush_state, name="state-flush", daemon=True).start()
+        return gateway
+
+    def _flush_state(self) -> None:
+        """Counters and map statistics gathered in memory reach the database every second."""
+        while not self._stopped.wait(STATE_FLUSH_SECONDS):
+            try:
+                self.store.flush()
+                self.deliveries.flush()
+            except GatewayError as exc:
+                log.warning("state flush failed; trying again", error=type(exc).__name__)
 
     def pending(self) -> int:
         return sum(f.pending() for f in self.dispatcher.forwarders.values())
@@ -96,6 +108,7 @@ class Gateway:
             for assoc in server.active_associations:
                 assoc.abort()
         self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
+        self._stopped.set()
         self.store.close()
         self.deliveries.close()
 

@@ -327,8 +327,8 @@ def test_two_runs_give_the_same_tree_and_a_consistent_map(tmp_path, capsys):
     key_rows = list(csv.reader(key.open()))
     assert [r[0] for r in key_rows[1:]] == ["patient"] * 4
 
-    from gateway.pseudonyms import PseudonymStore
     from gateway.settings import load_settings
+    from gateway.state import PseudonymStore
 
     store = PseudonymStore(load_settings(config).database_url)
     try:

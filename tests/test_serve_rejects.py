@@ -80,8 +80,7 @@ def test_unknown_caller_rejected_and_malformed_instance_quarantined(
     assert record["reason"] == "malformed"
     assert record["source"].startswith("MODALITY@127.0.0.1:"), record
     assert "Broken" not in record["message"] and "MRN-BROKEN" not in record["message"]
-    report = gateway.status()
-    assert report["quarantined"] == 1
+    report = gateway.wait_status(10, "quarantined 1", lambda r: r["quarantined"] == 1)
     assert report["received"] == 0
 
     # and the gateway carries on: a good instance goes through

@@ -12,8 +12,8 @@ import pytest
 
 from gateway.deid.engine import Pseudonym
 from gateway.errors import InstanceError, LeakDetected, MalformedInstance
-from gateway.pseudonyms import PseudonymStore
 from gateway.quarantine import ORIGINAL, RECORD, Quarantine
+from gateway.state import PseudonymStore
 
 
 def mode(path: Path) -> int:
@@ -72,7 +72,7 @@ def test_record_empty_batch_is_a_no_op(store):
 
 
 def test_first_seen_stays_when_counted_later(store, monkeypatch):
-    import gateway.pseudonyms as pseudonyms
+    import gateway.state as pseudonyms
 
     start = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
     monkeypatch.setattr(pseudonyms, "_now", lambda: start)

@@ -1,0 +1,440 @@
+"""End-to-end benchmark: dcmtk storescu -> storescp directly (the limit) against
+storescu -> dicom-gateway -> storescp, on the same generated CT study, in one run; latency at a
+low rate; the gateway's peak RSS and CPU per instance; offline anonymize against dicognito.
+
+Not a test: prints a table and writes JSON (bench/results/latest.json). Run with `make bench`.
+Loopback only; every process it starts is stopped; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_context
+
+from gateway.errors import GatewayError
+from gateway.forward import guard_reactor
+from gateway.instances import read_instance
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = COLUMNS = 512
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk keeps Nagle on unless told
+WAIT = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def make_study(folder: Path, count: int) -> list[Path]:
+    """``count`` CT instances of 512x512 16-bit (0.5 MB), one patient, one study, one series."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    template.Rows, template.Columns = ROWS, COLUMNS
+    template.PatientName, template.PatientID = "Benchmark^Patient", "BENCH-0001"
+    template.StudyInstanceUID, template.SeriesInstanceUID = generate_uid(), generate_uid()
+    template.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    pixels = random.Random(7).randbytes(ROWS * COLUMNS * 2)
+    template.PixelData = pixels
+    paths = []
+    for number in range(count):
+        template.SOPInstanceUID = generate_uid()
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        template.InstanceNumber = number + 1
+        path = folder / f"ct{number:05d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def split(paths: list[Path], parts: int, into: Path) -> list[Path]:
+    """Hard-link ``paths`` into ``parts`` folders, one per parallel sender."""
+    folders = []
+    for index in range(parts):
+        folder = into / f"share{index}"
+        folder.mkdir(parents=True)
+        for path in paths[index::parts]:
+            os.link(path, folder / path.name)
+        folders.append(folder)
+    return folders
+
+
+# --- peers ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            **kwargs)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@contextmanager
+def storescp(out: Path) -> Iterator[int]:
+    port = free_port()
+    out.mkdir(parents=True, exist_ok=True)
+    with process(["storescp", "--fork", "-aet", "ARCHIVE", "-od", str(out), str(port)],
+                 env=DCMTK_ENV):
+        if not wait_until(lambda: listening(port), 30):
+            raise RuntimeError("storescp did not start")
+        yield port
+
+
+@dataclass
+class GatewayProcess:
+    port: int
+    pid: int
+
+
+def gateway_config(workdir: Path, port: int, archive_port: int) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+port = {port}
+data_dir = "{workdir / 'var'}"
+secret_file = "{workdir / 'var' / 'secret.key'}"
+max_associations = 16
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+port = {archive_port}
+""")
+    subprocess.run([sys.executable, "-m", "gateway.cli", "init-secret",
+                    str(workdir / "var" / "secret.key")], check=True, capture_output=True)
+    return config
+
+
+@contextmanager
+def gateway(workdir: Path, archive_port: int) -> Iterator[GatewayProcess]:
+    port = free_port()
+    config = gateway_config(workdir, port, archive_port)
+    with process([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                 cwd=workdir) as proc:
+        if not wait_until(lambda: listening(port), 60):
+            raise RuntimeError("the gateway did not start")
+        yield GatewayProcess(port, proc.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int, key: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    path: str
+    associations: int
+    instances: int
+    seconds: float
+    megabytes: float
+    sender_seconds: float
+    peak_rss_mb: float | None = None
+    cpu_ms_per_instance: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.megabytes / self.seconds
+
+
+def send_with_storescu(port: int, called: str, shares: list[Path]) -> float:
+    """Run one storescu per share folder at once; seconds until all have finished."""
+    started = time.monotonic()
+    senders = [
+        subprocess.Popen(["storescu", "-aec", called, "+sd", "127.0.0.1", str(port),
+                          str(folder)], env=DCMTK_ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for folder in shares
+    ]
+    for sender in senders:
+        if sender.wait(timeout=WAIT) != 0:
+            raise RuntimeError("storescu failed")
+    return time.monotonic() - started
+
+
+def run_throughput(workdir: Path, paths: list[Path], parallel: int, through_gateway: bool,
+                   sample: Callable[[int], None] | None = None) -> Throughput:
+    run = workdir / f"{'gw' if through_gateway else 'direct'}-{parallel}"
+    shares = split(paths, parallel, run / "send")
+    archive_dir = run / "archive"
+    megabytes = sum(p.stat().st_size for p in paths) / 1e6
+    with storescp(archive_dir) as archive_port:
+        def arrived() -> int:
+            return len(os.listdir(archive_dir))
+
+        if not through_gateway:
+            started = time.monotonic()
+            sent = send_with_storescu(archive_port, "ARCHIVE", shares)
+            wait_until(lambda: arrived() >= len(paths), WAIT)
+            return Throughput("direct", parallel, arrived(), time.monotonic() - started,
+                              megabytes, sent)
+        with gateway(run / "gateway", archive_port) as gw:
+            cpu_before = cpu_seconds(gw.pid)
+            started = time.monotonic()
+            sent = send_with_storescu(gw.port, "DICOM_GW", shares)
+            if sample is None:
+                wait_until(lambda: arrived() >= len(paths), WAIT)
+            else:
+                while arrived() < len(paths) and time.monotonic() - started < WAIT:
+                    sample(gw.pid)
+                    time.sleep(0.5)
+            elapsed = time.monotonic() - started
+            cpu = cpu_seconds(gw.pid) - cpu_before
+            return Throughput("gateway", parallel, arrived(), elapsed, megabytes, sent,
+                              peak_rss_mb=rss_kb(gw.pid) / 1024,
+                              cpu_ms_per_instance=cpu * 1000 / len(paths))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_latency(workdir: Path, paths: list[Path], through_gateway: bool) -> dict[str, float]:
+    """One instance at a time at a low rate: send -> acknowledgement, send -> arrival."""
+    times_file = workdir / f"arrivals-{'gw' if through_gateway else 'direct'}.txt"
+    times_file.write_text("")
+    archive_port = free_port()
+    with process([sys.executable, str(ROOT / "bench" / "archive.py"), str(archive_port),
+                  str(times_file)], cwd=ROOT):
+        if not wait_until(lambda: listening(archive_port), 30):
+            raise RuntimeError("the latency archive did not start")
+        if through_gateway:
+            with gateway(workdir / "latency-gateway", archive_port) as gw:
+                return measure_latency(gw.port, "DICOM_GW", paths, times_file)
+        return measure_latency(archive_port, "ARCHIVE", paths, times_file)
+
+
+def measure_latency(port: int, called: str, paths: list[Path], times_file: Path
+                    ) -> dict[str, float]:
+    datasets = [pydicom.dcmread(p) for p in paths]
+    ae = AE(ae_title="BENCH")
+    ae.maximum_pdu_size = 0
+    assoc = ae.associate("127.0.0.1", port, ae_title=called,
+                         contexts=[build_context(datasets[0].SOPClassUID, [ExplicitVRLittleEndian])])
+    if not assoc.is_established:
+        raise RuntimeError("no association for the latency run")
+    guard_reactor(assoc)
+    acks, arrivals = [], []
+    try:
+        for index, ds in enumerate(datasets):
+            sent = time.time()
+            assoc.send_c_store(ds)
+            acks.append(time.time() - sent)
+            if not wait_until(lambda n=index + 1: len(times_file.read_text().split()) >= n,
+                              30, step=0.0005):
+                raise RuntimeError("an instance did not arrive")
+            arrivals.append(float(times_file.read_text().split()[index]) - sent)
+            time.sleep(0.05)  # a low rate: no queueing, only the path's own delay
+    finally:
+        assoc.release()
+    return {"ack_p50_ms": percentile(acks, 0.5) * 1000, "ack_p99_ms": percentile(acks, 0.99) * 1000,
+            "arrival_p50_ms": percentile(arrivals, 0.5) * 1000,
+            "arrival_p99_ms": percentile(arrivals, 0.99) * 1000}
+
+
+def offline_folder(folder: Path, copies: int) -> int:
+    """Every pydicom test instance the gateway reads, copied until ``copies`` files."""
+    sources = []
+    for path in get_testdata_files():
+        try:
+            data = Path(path).read_bytes()
+            read_instance(data)
+        except (GatewayError, OSError):
+            continue
+        sources.append(Path(path))
+    count = 0
+    while count < copies:
+        for source in sources:
+            target = folder / f"set{count // len(sources):03d}" / f"{count:05d}-{source.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            count += 1
+            if count >= copies:
+                break
+    return count
+
+
+def run_offline(workdir: Path, copies: int, with_dicognito: bool) -> dict[str, float]:
+    src = workdir / "offline-in"
+    files = offline_folder(src, copies)
+    config = gateway_config(workdir / "offline-gateway", free_port(), free_port())
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "gateway.cli", "anonymize", "--config", str(config),
+                    str(src), str(workdir / "offline-out")], capture_output=True, timeout=WAIT)
+    result = {"files": files, "gateway_files_per_s": files / (time.monotonic() - started)}
+    if with_dicognito:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "dicognito", "--quiet",
+                               "--assume-burned-in-annotation", "never",
+                               "--output-directory", str(workdir / "dicognito-out"), str(src)],
+                              capture_output=True, timeout=WAIT)
+        if done.returncode == 0:
+            result["dicognito_files_per_s"] = files / (time.monotonic() - started)
+            result["ratio"] = result["gateway_files_per_s"] / result["dicognito_files_per_s"]
+    return result
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=2000, help="instances in the study")
+    parser.add_argument("--parallel", type=int, default=4, help="associations in the parallel run")
+    parser.add_argument("--latency-count", type=int, default=100)
+    parser.add_argument("--offline-copies", type=int, default=3000)
+    parser.add_argument("--soak", type=int, default=0,
+                        help="also stream this many instances and sample the gateway's RSS")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["throughput", "latency", "offline", "dicognito"])
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: install dcmtk", file=sys.stderr)
+            return 2
+    report: dict[str, object] = {"count": args.count}
+    workdir = Path(tempfile.mkdtemp(prefix="dgw-bench-"))
+    try:
+        paths = make_study(workdir / "study", args.count)
+        if "throughput" not in args.skip:
+            rows = []
+            for parallel in (1, args.parallel):
+                direct = run_throughput(workdir, paths, parallel, through_gateway=False)
+                via = run_throughput(workdir, paths, parallel, through_gateway=True)
+                rows.append((direct, via))
+            report["throughput"] = [
+                {"associations": d.associations,
+                 "direct_per_s": round(d.per_second, 1), "direct_mb_s": round(d.mb_per_second, 1),
+                 "gateway_per_s": round(g.per_second, 1), "gateway_mb_s": round(g.mb_per_second, 1),
+                 "ratio": round(g.per_second / d.per_second, 3),
+                 "gateway_sender_done_s": round(g.sender_seconds, 2),
+                 "gateway_peak_rss_mb": round(g.peak_rss_mb or 0, 1),
+                 "gateway_cpu_ms_per_instance": round(g.cpu_ms_per_instance or 0, 2),
+                 "arrived": [d.instances, g.instances]}
+                for d, g in rows
+            ]
+        if "latency" not in args.skip:
+            sample = paths[: args.latency_count]
+            direct = run_latency(workdir, sample, through_gateway=False)
+            via = run_latency(workdir, sample, through_gateway=True)
+            report["latency"] = {"direct": direct, "gateway": via,
+                                 "ack_p50_ratio": via["ack_p50_ms"] / direct["ack_p50_ms"]}
+        if args.soak:
+            soak_paths = make_study(workdir / "soak", args.soak)
+            samples: list[int] = []
+            result = run_throughput(workdir, soak_paths, 1, through_gateway=True,
+                                    sample=lambda pid: samples.append(rss_kb(pid, "VmRSS")))
+            fifth = max(1, len(samples) // 5)
+            report["soak"] = {
+                "instances": result.instances, "per_s": round(result.per_second, 1),
+                "rss_mb_first_fifth": round(statistics.mean(samples[:fifth]) / 1024, 1),
+                "rss_mb_last_fifth": round(statistics.mean(samples[-fifth:]) / 1024, 1),
+                "peak_rss_mb": round(result.peak_rss_mb or 0, 1),
+            }
+        if "offline" not in args.skip:
+            report["offline"] = run_offline(workdir, args.offline_copies,
+                                            "dicognito" not in args.skip)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_table(report)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+def print_table(report: dict[str, object]) -> None:
+    print(f"\nstudy: {report['count']} CT instances, {ROWS}x{COLUMNS} 16-bit")
+    for row in report.get("throughput", []):  # type: ignore[attr-defined]
+        print(f"\n{row['associations']} association(s)      direct      gateway     ratio")
+        print(f"  instances/s       {row['direct_per_s']:9.1f}   {row['gateway_per_s']:9.1f}"
+              f"   {row['ratio']:6.3f}")
+        print(f"  MB/s              {row['direct_mb_s']:9.1f}   {row['gateway_mb_s']:9.1f}")
+        print(f"  gateway: peak RSS {row['gateway_peak_rss_mb']} MB, "
+              f"{row['gateway_cpu_ms_per_instance']} CPU ms/instance, arrived {row['arrived']}")
+    latency = report.get("latency")
+    if isinstance(latency, dict):
+        d, g = latency["direct"], latency["gateway"]
+        print("\nlatency (ms)          direct p50/p99     gateway p50/p99")
+        print(f"  acknowledgement     {d['ack_p50_ms']:6.1f} / {d['ack_p99_ms']:6.1f}"
+              f"    {g['ack_p50_ms']:6.1f} / {g['ack_p99_ms']:6.1f}"
+              f"   (p50 ratio {latency['ack_p50_ratio']:.2f})")
+        print(f"  arrival             {d['arrival_p50_ms']:6.1f} / {d['arrival_p99_ms']:6.1f}"
+              f"    {g['arrival_p50_ms']:6.1f} / {g['arrival_p99_ms']:6.1f}")
+    if "soak" in report:
+        print(f"\nsoak: {report['soak']}")
+    offline = report.get("offline")
+    if isinstance(offline, dict):
+        line = f"\noffline anonymize: {offline['files']} files, " \
+               f"gateway {offline['gateway_files_per_s']:.1f} files/s"
+        if "dicognito_files_per_s" in offline:
+            line += f", dicognito {offline['dicognito_files_per_s']:.1f} files/s, " \
+                    f"ratio {offline['ratio']:.1f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

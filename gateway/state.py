@@ -1,0 +1,495 @@
+"""The gateway's state, in one database behind this one module.
+
+- The pseudonym map: original -> pseudonym for patients, UIDs and date shifts. It is the
+  re-identification key, so the SQLite file is created readable by its owner only; look-ups of
+  the map are themselves recorded in the audit table.
+- Forwarding bookkeeping: which destination has which spool entry, and the running counts that
+  ``status`` reports. A delivery row is written after the archive acknowledged (or a filter or
+  dead-letter decided): losing one in a crash means sending that instance again, never losing it.
+
+Any SQLAlchemy URL works; SQLite under the data folder is the default.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from gateway.deid.engine import Pseudonym
+from gateway.errors import StateError
+
+# One writer at a time in this process: SQLite serialises writers anyway, and taking turns here
+# avoids its lock-upgrade failures when receive and forward threads commit at once.
+WRITE_LOCK = threading.RLock()
+
+
+KNOWN_CACHE = 100_000  # pairs remembered as written; bounded so memory stays flat
+COUNT_FLUSH_SECONDS = 2.0
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PseudonymRow(Base):
+    __tablename__ = "pseudonyms"
+    __table_args__ = (UniqueConstraint("kind", "original"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    original: Mapped[str] = mapped_column(String(256))
+    pseudonym: Mapped[str] = mapped_column(String(128), index=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+PSEUDONYMS: Table = PseudonymRow.__table__  # type: ignore[assignment]
+
+
+class AuditRow(Base):
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action: Mapped[str] = mapped_column(String(32))
+    query: Mapped[str] = mapped_column(String(256))
+    account: Mapped[str] = mapped_column(String(64))
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    kind: str
+    original: str
+    pseudonym: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (SQLite would follow the umask).
+
+    Never open an existing database file here: closing any descriptor of a file drops this
+    process's POSIX locks on it, and SQLite would then let another process delete the WAL that
+    this process is still writing to.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)  # by path: no descriptor, so no lock is dropped
+        return
+    os.close(fd)
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (status, lookup) never block the writer
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def open_engine(url: str) -> Engine:
+    """Open (and create) the database; an SQLite file is made 0600 before anything is in it."""
+    try:
+        sqlite_file = _sqlite_path(url)
+        if sqlite_file is not None:
+            _create_private_file(sqlite_file)
+        engine = create_engine(url)
+        if sqlite_file is not None:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StateError(f"cannot open the database ({type(exc).__name__}: {exc})") from exc
+    return engine
+
+
+def _upsert_for(dialect: str) -> Any:
+    """The dialect's INSERT that can turn a duplicate into an update, if it has one."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    return None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aggregate(pseudonyms: Iterable[Pseudonym]) -> dict[tuple[str, str], tuple[str, int]]:
+    merged: dict[tuple[str, str], tuple[str, int]] = {}
+    for p in pseudonyms:
+        _, count = merged.get((p.kind, p.original), (p.pseudonym, 0))
+        merged[(p.kind, p.original)] = (p.pseudonym, count + 1)
+    return merged
+
+
+class PseudonymStore:
+    """The only persistent mapping state; each call is one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = open_engine(url)
+        self._upsert = _upsert_for(self.engine.dialect.name)
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, str], None] = {}  # insertion-ordered: oldest first out
+        self._pending: dict[tuple[str, str], tuple[int, datetime]] = {}  # count, last seen
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        self.engine.dispose()
+
+    def record(
+        self, pseudonyms: Iterable[Pseudonym], counts: Mapping[tuple[str, str], int] | None = None
+    ) -> None:
+        """Add pairs to the map, or count them again; ``counts`` go to the counters in the same
+        transaction (one commit per received instance).
+
+        A pair the map may not have yet is committed before this returns: the map is the
+        re-identification key. Pairs this process already wrote (the patient, study and series
+        of a stream of instances) are only counted in memory, and their counts and last-seen
+        times written every few seconds and on close: statistics, of which a crash may lose
+        the last seconds.
+        """
+        merged = _aggregate(pseudonyms)
+        if not merged and not counts:
+            return
+        now = _now()
+        with self._lock:
+            fresh = {k: v for k, v in merged.items() if k not in self._known}
+            for key, (_, count) in merged.items():
+                if key not in fresh:
+                    seen_before = self._pending.get(key, (0, now))[0]
+                    self._pending[key] = (seen_before + count, now)
+        if fresh or counts:
+            self._write({k: (p, c, now) for k, (p, c) in fresh.items()}, counts=counts)
+            with self._lock:
+                for key in fresh:
+                    self._known[key] = None
+                while len(self._known) > KNOWN_CACHE:
+                    self._known.pop(next(iter(self._known)))
+        if time.monotonic() - self._last_flush > COUNT_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the counts and last-seen times gathered in memory."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last_flush = time.monotonic()
+        if pending:
+            self._write({k: ("", count, last) for k, (count, last) in pending.items()},
+                        counts_only=True)
+
+    def _write(self, rows: dict[tuple[str, str], tuple[str, int, datetime]],
+               counts_only: bool = False,
+               counts: Mapping[tuple[str, str], int] | None = None) -> None:
+        table = PSEUDONYMS
+        values = [{"kind": kind, "original": original, "pseudonym": pseudonym,
+                   "first_seen": seen, "last_seen": seen, "count": count}
+                  for (kind, original), (pseudonym, count, seen) in rows.items()]
+        try:
+            with WRITE_LOCK, self.engine.begin() as conn:
+                if counts:
+                    _add_counts(conn, counts)
+                if not values:
+                    pass
+                elif counts_only:
+                    conn.execute(
+                        update(table)
+                        .where(table.c.kind == bindparam("b_kind"),
+                               table.c.original == bindparam("b_original"))
+                        .values(count=table.c.count + bindparam("b_count"),
+                                last_seen=bindparam("b_seen")),
+                        [{"b_kind": v["kind"], "b_original": v["original"],
+                          "b_count": v["count"], "b_seen": v["last_seen"]} for v in values],
+                    )
+                elif self._upsert is not None:
+                    statement = self._upsert(table)
+                    conn.execute(statement.on_conflict_do_update(
+                        index_elements=["kind", "original"],
+                        set_={"count": table.c.count + statement.excluded.count,
+                              "last_seen": statement.excluded.last_seen},
+                    ), values)
+                else:
+                    self._write_portably(conn, values)
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write the pseudonym map ({type(exc).__name__})") from exc
+
+    @staticmethod
+    def _write_portably(conn: Connection, values: list[dict[str, object]]) -> None:
+        """Databases without INSERT ... ON CONFLICT: update, then insert what was missing."""
+        table = PSEUDONYMS
+        for v in values:
+            updated = conn.execute(
+                update(table).where(table.c.kind == v["kind"], table.c.original == v["original"])
+                .values(count=table.c.count + v["count"], last_seen=v["last_seen"]))
+            if not updated.rowcount:
+                conn.execute(table.insert().values(**v))
+
+    def lookup(self, term: str, account: str | None = None) -> list[MapEntry]:
+        """Entries whose original or pseudonym equals ``term``; the look-up is audited."""
+        self.flush()
+        self.audit("map lookup", term, account)
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(PseudonymRow).where(
+                    or_(PseudonymRow.original == term, PseudonymRow.pseudonym == term)
+                ).order_by(PseudonymRow.kind, PseudonymRow.id)
+            )
+            return [_entry(r) for r in rows]
+
+    def export(self, kinds: Iterable[str] = (), account: str | None = None) -> Iterator[MapEntry]:
+        kinds = tuple(kinds)
+        self.flush()
+        self.audit("map export", ",".join(kinds) or "all", account)
+        with Session(self.engine) as session:
+            query = select(PseudonymRow).order_by(PseudonymRow.kind, PseudonymRow.id)
+            if kinds:
+                query = query.where(PseudonymRow.kind.in_(kinds))
+            for row in session.scalars(query):
+                yield _entry(row)
+
+    def audit(self, action: str, query: str, account: str | None = None) -> None:
+        with WRITE_LOCK, Session(self.engine) as session, session.begin():
+            session.add(AuditRow(at=_now(), action=action, query=query[:256],
+                                 account=(account or _account())[:64]))
+
+    def audit_entries(self) -> list[tuple[datetime, str, str, str]]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(AuditRow).order_by(AuditRow.id))
+            return [(r.at, r.action, r.query, r.account) for r in rows]
+
+
+def backup_database(url: str, target: Path) -> None:
+    """Copy an SQLite database consistently while the gateway runs (SQLite's online backup)."""
+    import sqlite3
+
+    source = _sqlite_path(url)
+    if source is None:
+        raise StateError("gateway.database_url: backup copies SQLite only; back up other "
+                         "databases with their own tools (e.g. pg_dump)")
+    _create_private_file(target)
+    try:
+        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot back up the database ({exc})") from exc
+
+
+def _entry(row: PseudonymRow) -> MapEntry:
+    return MapEntry(row.kind, row.original, row.pseudonym, row.first_seen, row.last_seen,
+                    row.count)
+
+
+def _account() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+# --- forwarding bookkeeping and counters -------------------------------------------------------
+
+SENT = "sent"
+FILTERED = "filtered"
+DEAD = "dead"
+NOT_ADDRESSED = "not-addressed"  # a released dead letter goes to one destination only
+
+# Counter names; destination "" is the gateway as a whole.
+RECEIVED = "received"
+QUARANTINED = "quarantined"
+FORWARDED = "forwarded"
+DEAD_LETTERED = "dead_lettered"
+FILTERED_COUNT = "filtered"
+
+
+class DeliveryRow(Base):
+    __tablename__ = "deliveries"
+
+    entry_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CounterRow(Base):
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+COUNTERS: Table = CounterRow.__table__  # type: ignore[assignment]
+
+
+class Deliveries:
+    """Delivery rows are written at once; counters are added up in memory and written by
+    ``flush`` (every second while serving, and on close): status may lag by that much."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = open_engine(url)
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def close(self) -> None:
+        self.flush()
+        self.engine.dispose()
+
+    def record(
+        self,
+        outcomes: Iterable[tuple[str, str, str]],
+        counts: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        """Store (entry_id, destination, outcome) rows durably; add ``counts`` to the counters."""
+        if counts:
+            self.count(counts)
+        rows = list(outcomes)
+        if not rows:
+            return
+        now = datetime.now(UTC)
+        try:
+            with WRITE_LOCK, Session(self.engine) as session, session.begin():
+                for entry_id, destination, outcome in rows:
+                    session.merge(DeliveryRow(entry_id=entry_id, destination=destination,
+                                              outcome=outcome, at=now))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write delivery state ({type(exc).__name__})") from exc
+
+    def count(self, counts: Mapping[tuple[str, str], int], durable: bool = False) -> None:
+        """Add to counters: in memory, or (``durable``) committed before returning."""
+        with self._lock:
+            self._counts.update(counts)
+        if durable:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        if not +counts:
+            return
+        try:
+            with WRITE_LOCK, self.engine.begin() as conn:
+                _add_counts(conn, counts)
+        except SQLAlchemyError as exc:
+            with self._lock:
+                self._counts.update(counts)  # keep them for the next try
+            raise StateError(f"cannot write counters ({type(exc).__name__})") from exc
+
+    def delivered(self, destination: str) -> set[str]:
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(DeliveryRow.entry_id).where(DeliveryRow.destination == destination)
+            )
+            return set(rows)
+
+    def destinations_done(self, entry_id: str) -> set[str]:
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(DeliveryRow.destination).where(DeliveryRow.entry_id == entry_id)
+            )
+            return set(rows)
+
+    def forget(self, entry_ids: Iterable[str]) -> None:
+        ids = list(entry_ids)
+        if not ids:
+            return
+        with WRITE_LOCK, Session(self.engine) as session, session.begin():
+            for start in range(0, len(ids), 500):
+                session.execute(
+                    delete(DeliveryRow).where(DeliveryRow.entry_id.in_(ids[start : start + 500]))
+                )
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        self.flush()
+        with Session(self.engine) as session:
+            return {(r.name, r.destination): r.value for r in session.scalars(select(CounterRow))}
+
+
+def _add_counts(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
+    table = COUNTERS
+    for (name, destination), value in counts.items():
+        if not value:
+            continue
+        updated = conn.execute(
+            update(table)
+            .where(table.c.name == name, table.c.destination == destination)
+            .values(value=table.c.value + value)
+        )
+        if not updated.rowcount:
+            conn.execute(table.insert().values(name=name, destination=destination, value=value))
+
+
+def entry_created(entry_id: str) -> float:
+    """Spool entry ids start with their creation time in nanoseconds."""
+    try:
+        return int(entry_id.split("-", 1)[0]) / 1e9
+    except ValueError:
+        return 0.0
+
+
+def status_report(
+    deliveries: Deliveries, spool_ids: list[str], destinations: list[str], now: float
+) -> dict[str, object]:
+    """Counts since the database was made, and what each destination still has to receive."""
+    counters = deliveries.counters()
+    per_destination: dict[str, dict[str, object]] = {}
+    for name in destinations:
+        done = deliveries.delivered(name)
+        pending = [i for i in spool_ids if i not in done]
+        oldest = min((entry_created(i) for i in pending), default=None)
+        per_destination[name] = {
+            "pending": len(pending),
+            "oldest_pending_age_seconds": None if oldest is None else round(now - oldest, 3),
+            "forwarded": counters.get((FORWARDED, name), 0),
+            "dead_lettered": counters.get((DEAD_LETTERED, name), 0),
+            "filtered": counters.get((FILTERED_COUNT, name), 0),
+        }
+    return {
+        "received": counters.get((RECEIVED, ""), 0),
+        "forwarded": sum(counters.get((FORWARDED, n), 0) for n in destinations),
+        "quarantined": counters.get((QUARANTINED, ""), 0),
+        "dead_lettered": sum(counters.get((DEAD_LETTERED, n), 0) for n in destinations),
+        "pending": sum(int(d["pending"]) for d in per_destination.values()),  # type: ignore[call-overload]
+        "destinations": per_destination,
+    }
