@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.deid.engine import Policy, Result, deidentify
-from gateway.instances import encode_instance, read_instance
+from gateway.instances import encode_instance, split_instance
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,6 @@ class CleanInstance:
 
 def deidentify_bytes(data: bytes, policy: Policy, secret: bytes) -> CleanInstance:
     """Raise NotDicom (skip) or an InstanceError (quarantine); otherwise the clean encoding."""
-    dataset = read_instance(data)
-    result = deidentify(dataset, policy, secret)
-    return CleanInstance(result, encode_instance(result.dataset))
+    instance = split_instance(data)
+    result = deidentify(instance.dataset, policy, secret)
+    return CleanInstance(result, encode_instance(result.dataset, instance.pixel_data))

@@ -7,6 +7,7 @@ got all the bytes its length announced and that no partial element is left over.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
@@ -20,6 +21,10 @@ from gateway.errors import MalformedInstance, NotDicom
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an instance
 PREAMBLE = 128
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000)
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD)
+_NOT_SPLIT = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})  # deflated, big endian
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # A data set without preamble starts with a tag of one of these groups (little endian).
 _BARE_DATASET_GROUPS = (b"\x02\x00", b"\x08\x00")
@@ -30,32 +35,97 @@ class NotAnInstance(NotDicom):
 
 
 def read_instance(data: bytes) -> Dataset:
-    """Parse a DICOM file or bare data set; raise NotDicom or MalformedInstance."""
-    if not data:
-        raise NotDicom("empty file")
-    has_magic = data[PREAMBLE : PREAMBLE + 4] == b"DICM"
-    if not has_magic and data[:2] not in _BARE_DATASET_GROUPS:
-        raise NotDicom("no DICOM preamble and no data set")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = dcmread(BytesIO(data), force=not has_magic)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError,
-                NotImplementedError, OverflowError) as exc:
-            raise MalformedInstance(f"unreadable data set ({type(exc).__name__})") from exc
-    if any("delimiter" in str(w.message) for w in caught):
-        raise MalformedInstance("truncated: a sequence or item has no end delimiter")
-    _check_complete(ds, len(data))
-    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
-    if sop_class == MEDIA_STORAGE_DIRECTORY:
-        raise NotAnInstance("a DICOMDIR (media directory), not an instance")
-    if "SOPInstanceUID" not in ds:
-        raise MalformedInstance("SOPInstanceUID is missing")
+    """Parse a whole DICOM file or bare data set; raise NotDicom or MalformedInstance."""
+    ds, _ = _parse(data, stop_before_pixels=False)
+    _check_instance(ds, len(data))
     if "Rows" in ds and not any(tag in ds for tag in PIXEL_DATA_TAGS):
         # A file cut exactly between two elements parses cleanly: an image without its
         # pixels is the visible trace.
         raise MalformedInstance("image attributes without pixel data (truncated?)")
     return ds
+
+
+@dataclass(frozen=True)
+class SplitInstance:
+    """The data set up to Pixel Data, decoded; Pixel Data itself as the bytes that came in."""
+
+    dataset: Dataset
+    pixel_data: bytes | memoryview  # the whole encoded element, or empty
+
+
+def split_instance(data: bytes) -> SplitInstance:
+    """Parse everything but a trailing Pixel Data element, which is kept as raw bytes.
+
+    De-identification never needs the pixels; leaving them out of decoding and re-encoding is
+    most of the work saved on an image. Anything unusual (elements after Pixel Data, big endian,
+    deflate) falls back to reading the whole data set.
+    """
+    head, position = _parse(data, stop_before_pixels=True)
+    if position < len(data) and _pixel_element_ends_at_end(data, position, head):
+        _check_instance(head, position)
+        return SplitInstance(head, memoryview(data)[position:])
+    return SplitInstance(read_instance(data), b"")
+
+
+def _parse(data: bytes, stop_before_pixels: bool) -> tuple[Dataset, int]:
+    if not data:
+        raise NotDicom("empty file")
+    has_magic = data[PREAMBLE : PREAMBLE + 4] == b"DICM"
+    if not has_magic and data[:2] not in _BARE_DATASET_GROUPS:
+        raise NotDicom("no DICOM preamble and no data set")
+    stream = BytesIO(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = dcmread(stream, force=not has_magic, stop_before_pixels=stop_before_pixels)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError,
+                NotImplementedError, OverflowError) as exc:
+            raise MalformedInstance(f"unreadable data set ({type(exc).__name__})") from exc
+    if any("delimiter" in str(w.message) for w in caught):
+        raise MalformedInstance("truncated: a sequence or item has no end delimiter")
+    return ds, stream.tell()
+
+
+def _pixel_element_ends_at_end(data: bytes, position: int, head: Dataset) -> bool:
+    """Whether ``data[position:]`` is exactly one little-endian Pixel Data element."""
+    if transfer_syntax_of(head) in _NOT_SPLIT or not head.is_little_endian:
+        return False
+    if data[position : position + 4] != PIXEL_DATA_TAG:
+        return False
+    if head.is_implicit_VR:
+        length, value_start = _uint32(data, position + 4), position + 8
+    else:
+        if data[position + 4 : position + 6] not in (b"OB", b"OW"):
+            return False
+        length, value_start = _uint32(data, position + 8), position + 12
+    if length != UNDEFINED_LENGTH:
+        return value_start + length == len(data)
+    return _fragments_end(data, value_start) == len(data)
+
+
+def _fragments_end(data: bytes, offset: int) -> int:
+    """Where encapsulated pixel data ends (after its sequence delimiter); -1 if malformed."""
+    while offset + 8 <= len(data):
+        tag, length = data[offset : offset + 4], _uint32(data, offset + 4)
+        if tag == SEQUENCE_DELIMITER:
+            return offset + 8
+        if tag != ITEM_TAG:
+            return -1
+        offset += 8 + length
+    return -1
+
+
+def _uint32(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 4], "little")
+
+
+def _check_instance(ds: Dataset, end: int) -> None:
+    _check_complete(ds, end)
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
+    if sop_class == MEDIA_STORAGE_DIRECTORY:
+        raise NotAnInstance("a DICOMDIR (media directory), not an instance")
+    if "SOPInstanceUID" not in ds:
+        raise MalformedInstance("SOPInstanceUID is missing")
 
 
 def _check_complete(ds: Dataset, size: int) -> None:
@@ -87,8 +157,9 @@ def transfer_syntax_of(ds: Dataset) -> UID:
     return ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
 
 
-def encode_instance(ds: Dataset) -> bytes:
-    """A Part 10 file: preamble, file meta matching the data set, the data set as read."""
+def encode_instance(ds: Dataset, pixel_data: bytes | memoryview = b"") -> bytes:
+    """A Part 10 file: preamble, file meta matching the data set, the data set as read, and
+    ``pixel_data`` (an encoded Pixel Data element kept aside by split_instance) at the end."""
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     meta.TransferSyntaxUID = transfer_syntax_of(ds)
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -100,4 +171,6 @@ def encode_instance(ds: Dataset) -> bytes:
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
         # E.g. a body in implicit VR under an explicit transfer syntax: fail closed.
         raise MalformedInstance(f"cannot encode the data set ({type(exc).__name__})") from exc
+    if pixel_data:
+        buffer.write(pixel_data)
     return buffer.getvalue()
