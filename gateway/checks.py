@@ -30,12 +30,12 @@ def _check(key: str, what: str, action: Callable[[], object]) -> Finding:
 
 
 def _data_dir_writable(settings: Settings) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.NamedTemporaryFile(dir=settings.data_dir):
         pass
     if os.stat(settings.data_dir).st_mode & 0o077:
-        raise ValueError(f"{settings.data_dir} is readable by others; chmod 700 it "
-                         "(it holds the pseudonym map and quarantined originals)")
+        raise ValueError(f"{settings.data_dir} is open to others; `chmod 700` it (serve and "
+                         "anonymize do at start): it holds the pseudonym map and originals")
 
 
 def _port_free(settings: Settings) -> None:

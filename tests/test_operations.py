@@ -1,0 +1,113 @@
+"""Operating the gateway: Prometheus metrics while it serves, and check-config's verdicts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netpeers import (
+    DestinationSpec,
+    Peers,
+    free_port,
+    requires_dcmtk,
+    storescu,
+    wait_for,
+    write_study,
+)
+
+pytestmark = requires_dcmtk
+
+
+@pytest.fixture()
+def peers(tmp_path: Path) -> Iterator[Peers]:
+    p = Peers(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def metric(text: str, line_start: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(line_start)]
+    return values[0] if values else -1.0
+
+
+def test_metrics_count_what_the_gateway_did(peers: Peers, tmp_path: Path) -> None:
+    metrics_port = free_port()
+    archive = peers.archive()
+    gateway = peers.gateway([DestinationSpec("archive", archive.port)],
+                            forward_extra=f'\n[metrics]\naddress = "127.0.0.1:{metrics_port}"\n')
+    study = write_study(tmp_path / "src", "MRN-METRICS", "Metrics^Mary", series=1, per_series=3,
+                        tiny=True)
+    assert storescu(gateway.port, study.paths).returncode == 0
+
+    def forwarded_three() -> bool:
+        text = scrape(metrics_port)
+        return metric(text, 'dicom_gateway_instances_forwarded_total{destination="archive"}') == 3
+
+    wait_for(forwarded_three, 30, "three forwarded instances in /metrics")
+    text = scrape(metrics_port)
+    assert metric(text, 'dicom_gateway_instances_received_total{calling_ae="MODALITY"}') == 3
+    assert metric(text, "dicom_gateway_deidentify_seconds_count") == 3
+    assert metric(text, 'dicom_gateway_forward_seconds_count{destination="archive"}') == 3
+    assert metric(text, 'dicom_gateway_queue_depth{destination="archive"}') == 0
+    assert metric(text, "dicom_gateway_active_associations") >= 0
+    assert "Metrics" not in text and "MRN-METRICS" not in text
+
+
+def check_config(cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config",
+                           "gw.toml", *extra], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def write_config(tmp: Path, archive_port: int, extra: str = "") -> None:
+    (tmp / "gw.toml").write_text(f"""
+[gateway]
+port = {free_port()}
+secret_file = "secret.key"
+{extra}
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+port = {archive_port}
+""")
+    (tmp / "secret.key").write_text("ab" * 32)
+
+
+def test_check_config_passes_a_good_config_and_reaches_the_archive_online(
+    peers: Peers, tmp_path: Path
+) -> None:
+    archive = peers.archive()
+    write_config(tmp_path, archive.port)
+    offline = check_config(tmp_path)
+    assert offline.returncode == 0, offline.stdout
+    assert "error" not in offline.stdout
+    online = check_config(tmp_path, "--online")
+    assert online.returncode == 0, online.stdout
+    assert "ok: destinations[0]: archive (ARCHIVE@127.0.0.1" in online.stdout
+
+
+def test_check_config_names_the_key_and_the_fix(tmp_path: Path) -> None:
+    write_config(tmp_path, free_port(), extra="max_associatons = 4")
+    result = check_config(tmp_path)
+    assert result.returncode == 2
+    assert "gateway.max_associatons: unknown key; did you mean 'max_associations'?" in result.stdout
+
+
+def test_check_config_online_reports_an_unreachable_archive(tmp_path: Path) -> None:
+    write_config(tmp_path, free_port())
+    result = check_config(tmp_path, "--online")
+    assert result.returncode == 2
+    assert "error: destinations[0]: archive (ARCHIVE@127.0.0.1" in result.stdout
+    assert "no association" in result.stdout
