@@ -254,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     deliveries = Deliveries(settings.database_url)
     try:
-        spool_ids = Spool(settings.spool_dir).ids() if settings.spool_dir.is_dir() else []
+        spool_ids = Spool(settings.spool_dir).ids()
         report = status_report(deliveries, spool_ids, [d.name for d in settings.destinations],
                                time.time())
     finally:

@@ -58,14 +58,14 @@ class Releaser:
     def _to_spool(self, data: bytes) -> str:
         clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret())
         ds = clean.result.dataset
-        Spool(self.settings.spool_dir).put(clean.data, str(ds.SOPClassUID),
+        Spool(self.settings.spool_dir).prepare().put(clean.data, str(ds.SOPClassUID),
                                           str(ds.file_meta.TransferSyntaxUID))
         self.store.record(clean.result.pseudonyms)
         return "spool (all destinations)"
 
     def _respool_dead_letter(self, data: bytes, destination: str) -> str:
         ds = read_instance(data)
-        entry = Spool(self.settings.spool_dir).put(data, str(ds.SOPClassUID),
+        entry = Spool(self.settings.spool_dir).prepare().put(data, str(ds.SOPClassUID),
                                                    str(ds.file_meta.TransferSyntaxUID))
         others = [d.name for d in self.settings.destinations if d.name != destination]
         self.deliveries.record((entry.id, name, NOT_ADDRESSED) for name in others)

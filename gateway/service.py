@@ -60,7 +60,7 @@ class Gateway:
         policy = settings.policy()
         settings.prepare_data_dir()
         configure_pynetdicom()
-        spool = Spool(settings.spool_dir)
+        spool = Spool(settings.spool_dir).prepare(owner=True)
         store = PseudonymStore(settings.database_url)
         deliveries = Deliveries(settings.database_url)
         quarantine = Quarantine(settings.quarantine_dir)

@@ -46,18 +46,25 @@ def _fsync_dir(path: Path) -> None:
 
 class Spool:
     def __init__(self, root: Path) -> None:
+        """Only names the folders: reading (status) must not change a spool a gateway uses."""
         self.root = root
         self.incoming = root / "incoming"  # whole, durable entries
-        self.staging = root / "tmp"  # partial writes; emptied on start
+        self.staging = root / "tmp"  # partial writes
         self._counter = itertools.count()
         self._lock = threading.Lock()
+
+    def prepare(self, owner: bool = False) -> Spool:
+        """Create the folders; the ``owner`` (the serving gateway, at start) also drops partial
+        writes left by a crash: they were never acknowledged."""
         try:
-            for folder in (root, self.incoming, self.staging):
+            for folder in (self.root, self.incoming, self.staging):
                 folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            for leftover in self.staging.iterdir():
-                leftover.unlink()  # a write that never finished was never acknowledged
+            if owner:
+                for leftover in self.staging.iterdir():
+                    leftover.unlink()
         except OSError as exc:
-            raise StateError(f"cannot use the spool folder {root} ({exc.strerror})") from exc
+            raise StateError(f"cannot use the spool folder {self.root} ({exc.strerror})") from exc
+        return self
 
     def _new_id(self) -> str:
         with self._lock:
@@ -110,6 +117,8 @@ class Spool:
         )
 
     def ids(self) -> list[str]:
+        if not self.incoming.is_dir():
+            return []
         return sorted(p.name[: -len(SUFFIX)] for p in self.incoming.glob(f"*{SUFFIX}"))
 
     def remove(self, entry_id: str) -> None:

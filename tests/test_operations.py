@@ -111,3 +111,26 @@ def test_check_config_online_reports_an_unreachable_archive(tmp_path: Path) -> N
     assert result.returncode == 2
     assert "error: destinations[0]: archive (ARCHIVE@127.0.0.1" in result.stdout
     assert "no association" in result.stdout
+
+
+def test_nothing_persisted_means_out_of_resources_and_the_sender_keeps_the_image(
+    peers: Peers, tmp_path: Path
+) -> None:
+    from netpeers import store_file_as_is
+
+    archive = peers.archive()
+    gateway = peers.gateway([DestinationSpec("archive", archive.port)])
+    study = write_study(tmp_path / "src", "MRN-FULL", "Full^Disk", series=1, per_series=2,
+                       tiny=True)
+    incoming = gateway.workdir / "var" / "spool" / "incoming"
+    incoming.rmdir()
+    incoming.write_text("")  # the spool cannot take a file any more, as on a full disk
+
+    assert store_file_as_is(gateway.port, study.paths[0]) == 0xA700
+    assert gateway.answers_echo()
+    assert gateway.status()["received"] == 0  # not counted: the sender will send it again
+
+    incoming.unlink()
+    incoming.mkdir(mode=0o700)
+    assert store_file_as_is(gateway.port, study.paths[0]) == 0x0000
+    wait_for(lambda: len(archive.files()) == 1, 30, "the retried instance at the archive")
