@@ -22,6 +22,7 @@ from pydicom.datadict import keyword_for_tag
 from gateway import __version__, logs
 from gateway.anonymize import Anonymizer, Summary, anonymize_tree
 from gateway.errors import ConfigError, GatewayError, InstanceError, StateError
+from gateway.files import write_private
 from gateway.quarantine import Quarantine, QuarantineRecord
 from gateway.release import Releaser
 from gateway.settings import (
@@ -29,7 +30,6 @@ from gateway.settings import (
     Settings,
     load_settings,
     write_new_secret,
-    write_private_bytes,
 )
 from gateway.spool import Spool
 from gateway.state import Deliveries, PseudonymStore, backup_database, status_report
@@ -320,7 +320,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if settings.gateway.secret_file is not None:
         secret_copy = target / "secret.key"
         secret_copy.unlink(missing_ok=True)
-        write_private_bytes(secret_copy, settings.gateway.secret_file.read_bytes())
+        write_private(secret_copy, settings.gateway.secret_file.read_bytes())
     else:
         print(f"the secret comes from ${SECRET_ENV}: keep a copy of it with this backup",
               file=sys.stderr)

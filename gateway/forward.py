@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway import logs, metrics
 from gateway.errors import DeliveryRefused, GatewayError
 from gateway.quarantine import Quarantine
-from gateway.receive import set_tcp_nodelay
+from gateway.receive import configured_ae, set_tcp_nodelay
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
@@ -352,20 +352,11 @@ class Forwarder(threading.Thread):
         self._assoc, self._contexts = assoc, needed
         return assoc
 
-    def _make_ae(self) -> AE:
-        g = self.settings.gateway
-        ae = AE(ae_title=g.ae_title)
-        ae.acse_timeout = g.acse_timeout
-        ae.dimse_timeout = g.dimse_timeout
-        ae.network_timeout = g.network_timeout
-        ae.maximum_pdu_size = g.max_pdu
-        return ae
-
     def _open(self, pairs: frozenset[tuple[str, str]]) -> Association | None:
         contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in sorted(pairs)]
         d = self.destination
         try:
-            assoc = self._make_ae().associate(
+            assoc = configured_ae(AE(ae_title=self.settings.gateway.ae_title), self.settings).associate(
                 d.host, d.port, contexts=contexts, ae_title=d.ae_title,
                 evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
                 tls_args=tls_args(self.settings, d),
@@ -437,11 +428,7 @@ def tls_args(settings: Settings, destination: Destination) -> tuple[ssl.SSLConte
 
 def echo(settings: Settings, destination: Destination) -> int | None:
     """C-ECHO one destination; its status, or None if no association could be made."""
-    g = settings.gateway
-    ae = AE(ae_title=g.ae_title)
-    ae.acse_timeout = g.acse_timeout
-    ae.dimse_timeout = g.dimse_timeout
-    ae.network_timeout = g.network_timeout
+    ae = configured_ae(AE(ae_title=settings.gateway.ae_title), settings)
     try:
         assoc = ae.associate(destination.host, destination.port,
                              contexts=[build_context(Verification)],

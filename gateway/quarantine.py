@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError, InstanceError, StateError
+from gateway.files import fsync_dir, write_private
 
 ORIGINAL = "original.dcm"
 RECORD = "record.json"
@@ -35,22 +36,6 @@ class QuarantineRecord:
     @property
     def when(self) -> datetime:
         return datetime.fromisoformat(self.time)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class Quarantine:
@@ -83,11 +68,11 @@ class Quarantine:
         staging = self.root / f".{record.id}.tmp"
         try:
             staging.mkdir(mode=0o700)
-            _write_private(staging / ORIGINAL, data)
-            _write_private(staging / RECORD, json.dumps(asdict(record), indent=2).encode())
-            _fsync_dir(staging)
+            write_private(staging / ORIGINAL, data)
+            write_private(staging / RECORD, json.dumps(asdict(record), indent=2).encode())
+            fsync_dir(staging)
             staging.rename(self.root / record.id)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StateError(f"cannot write to quarantine ({exc.strerror})") from exc
@@ -118,7 +103,7 @@ class Quarantine:
         folder = self._folder(record.id)
         temp = folder / f".{RECORD}.tmp"
         temp.unlink(missing_ok=True)
-        _write_private(temp, json.dumps(asdict(record), indent=2).encode())
+        write_private(temp, json.dumps(asdict(record), indent=2).encode())
         temp.replace(folder / RECORD)
 
     def remove(self, record_id: str) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
@@ -35,6 +36,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 
+AE_T = TypeVar("AE_T", bound=AE)
 Spooled = Callable[[SpoolEntry, frozenset[str]], None]
 
 
@@ -93,6 +95,16 @@ class GatewayAE(AE):
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
+
+
+def configured_ae(ae: AE_T, settings: Settings) -> AE_T:
+    """The gateway's AE title, PDU size and timeouts, for receiving and sending alike."""
+    g = settings.gateway
+    ae.maximum_pdu_size = g.max_pdu
+    ae.acse_timeout = g.acse_timeout
+    ae.dimse_timeout = g.dimse_timeout
+    ae.network_timeout = g.network_timeout
+    return ae
 
 
 class Receiver:
@@ -206,12 +218,8 @@ class Receiver:
 
     def make_ae(self) -> GatewayAE:
         g = self.settings.gateway
-        ae = GatewayAE(ae_title=g.ae_title)
+        ae = configured_ae(GatewayAE(ae_title=g.ae_title), self.settings)
         ae.maximum_associations = g.max_associations
-        ae.maximum_pdu_size = g.max_pdu
-        ae.acse_timeout = g.acse_timeout
-        ae.dimse_timeout = g.dimse_timeout
-        ae.network_timeout = g.network_timeout
         ae.require_called_aet = True
         ae.caller_rules = g.allowed_calling_aes
         ae.add_supported_context(Verification)

@@ -24,6 +24,7 @@ from gateway.deid.private import SafePrivateList, parse_user_list, standard_safe
 from gateway.deid.profile import build_profile
 from gateway.deid.uids import DEFAULT_ROOT, MAX_UID_LENGTH
 from gateway.errors import ConfigError, SecretError, StateError
+from gateway.files import write_private
 
 SECRET_ENV = "DICOM_GATEWAY_SECRET"
 MIN_SECRET_BYTES = 16
@@ -639,13 +640,6 @@ def load_settings(path: Path) -> Settings:
 def write_new_secret(path: Path) -> None:
     """32 random bytes, hex-encoded, in a new file readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private_bytes(path, (secrets.token_hex(SECRET_BYTES) + "\n").encode())
+    write_private(path, (secrets.token_hex(SECRET_BYTES) + "\n").encode())
 
 
-def write_private_bytes(path: Path, data: bytes) -> None:
-    """A new file, 0600, flushed to disk; refuses to overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())

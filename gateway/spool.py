@@ -17,6 +17,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 
 from gateway.errors import StateError
+from gateway.files import fsync_dir
 
 SUFFIX = ".dcm"
 
@@ -34,14 +35,6 @@ class SpoolEntry:
     @property
     def age(self) -> float:
         return max(0.0, time.time() - self.created)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -84,7 +77,7 @@ class Spool:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.rename(temp, final)
-            _fsync_dir(self.incoming)
+            fsync_dir(self.incoming)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise StateError(f"cannot write to the spool ({exc.strerror})") from exc

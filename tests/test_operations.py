@@ -5,10 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from netpeers import (
     DestinationSpec,
     Peers,
@@ -20,15 +18,6 @@ from netpeers import (
 )
 
 pytestmark = requires_dcmtk
-
-
-@pytest.fixture()
-def peers(tmp_path: Path) -> Iterator[Peers]:
-    p = Peers(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def scrape(port: int) -> str:

@@ -7,7 +7,6 @@ import csv
 import io
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -15,15 +14,6 @@ import pytest
 from netpeers import DestinationSpec, Peers, acknowledged, requires_dcmtk, storescu, wait_for, write_study
 
 pytestmark = requires_dcmtk
-
-
-@pytest.fixture()
-def peers(tmp_path: Path) -> Iterator[Peers]:
-    p = Peers(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def test_archive_down_while_sending_then_everything_arrives(peers: Peers, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ and their release once the archive takes them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -23,15 +22,6 @@ from netpeers import (
 from pydicom.uid import generate_uid
 
 pytestmark = requires_dcmtk
-
-
-@pytest.fixture()
-def peers(tmp_path: Path) -> Iterator[Peers]:
-    p = Peers(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def write_without_sop_instance_uid(folder: Path) -> Path:

@@ -3,11 +3,9 @@ MR instances only; the instances it is not meant for are counted as filtered."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 from netpeers import (
     DestinationSpec,
     Peers,
@@ -22,15 +20,6 @@ from pydicom.uid import UID, generate_uid
 
 pytestmark = requires_dcmtk
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-@pytest.fixture()
-def peers(tmp_path: Path) -> Iterator[Peers]:
-    p = Peers(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def test_modality_filter_routes_ct_to_the_first_destination_only(

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 from netpeers import DestinationSpec, Peers, requires_dcmtk, storescu, write_study
 
 pytestmark = requires_dcmtk
@@ -25,15 +23,6 @@ TROUBLE = re.compile(
     r'|"level": "(warning|error|critical)"|\b(WARNING|ERROR|CRITICAL)\b',
     re.IGNORECASE,
 )
-
-
-@pytest.fixture()
-def peers(tmp_path: Path) -> Iterator[Peers]:
-    p = Peers(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def test_three_hundred_instances_through_one_association_without_a_stall(

@@ -12,11 +12,9 @@ import csv
 import io
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 from netpeers import (
     DestinationSpec,
     GatewayProcess,
@@ -35,15 +33,6 @@ PSEUDONYM = re.compile(r"ANON[0-9A-F]{16}")
 PATIENT_A = ("MRN-ALPHA-4711", "Testperson^Alpha")
 PATIENT_B = ("MRN-BRAVO-0815", "Otherperson^Bravo")
 J2K_SYNTAX = "1.2.840.10008.1.2.4.91"
-
-
-@pytest.fixture()
-def peers(tmp_path: Path) -> Iterator[Peers]:
-    p = Peers(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def uid_map(gateway: GatewayProcess) -> dict[str, str]:
