@@ -10,6 +10,7 @@ others are reduced to the logger's name and level.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -62,8 +63,9 @@ class _LibraryHandler(logging.Handler):
         except (TypeError, ValueError):
             message = ""
         event = message if _SAFE_LIBRARY_MESSAGES.match(message) else "library message withheld"
-        log = structlog.get_logger("library")
-        log.log(record.levelno, event, library_logger=record.name)
+        # If standard error is gone (closed at exit), drop the line: it must never break a store.
+        with contextlib.suppress(OSError, ValueError):
+            structlog.get_logger("library").log(record.levelno, event, library_logger=record.name)
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -82,7 +84,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Looked up at each use, not now: standard error may be replaced later (tests, daemons).
+        logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
@@ -97,6 +100,15 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     # ... and as Python warnings, printed to standard error with the value in them.
     warnings.simplefilter("ignore")
+
+
+def reset() -> None:
+    """Undo ``configure`` (for tests that run commands in-process)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _LibraryHandler):
+            root.removeHandler(handler)
+    structlog.reset_defaults()
 
 
 def get_logger(name: str) -> Any:

@@ -8,6 +8,15 @@ from pathlib import Path
 import pytest
 from netpeers import Peers
 
+from gateway import logs
+
+
+@pytest.fixture(autouse=True)
+def _logging_reset() -> Iterator[None]:
+    """Commands run in-process configure logging for the process; undo it after each test."""
+    yield
+    logs.reset()
+
 
 @pytest.fixture()
 def peers(tmp_path: Path) -> Iterator[Peers]:
