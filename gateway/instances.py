@@ -6,24 +6,38 @@ got all the bytes its length announced and that no partial element is left over.
 
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from gateway.errors import MalformedInstance, NotDicom
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an instance
 PREAMBLE = 128
+ZERO_PREAMBLE = b"\x00" * PREAMBLE
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000)
 SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD)
+_TAG = struct.Struct("<HH")
+_US = struct.Struct("<H")
+_UL = struct.Struct("<L")
+_EXPLICIT_VRS = frozenset({
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
+    "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
+    "UR", "US", "UT", "UV",
+})
 _NOT_SPLIT = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})  # deflated, big endian
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # A data set without preamble starts with a tag of one of these groups (little endian).
@@ -165,12 +179,68 @@ def encode_instance(ds: Dataset, pixel_data: bytes | memoryview = b"") -> bytes:
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta = meta
-    buffer = BytesIO()
+    # The preamble is never copied: it may hold anything (dual-format files keep a TIFF header
+    # and image there).
+    ds.preamble = ZERO_PREAMBLE
+    buffer = DicomBytesIO()
     try:
-        ds.save_as(buffer, enforce_file_format=True)
+        if _can_copy_raw_elements(ds):
+            buffer.write(ZERO_PREAMBLE + b"DICM")
+            write_file_meta_info(buffer, meta, enforce_standard=True)
+            _write_dataset_copying_raw(buffer, ds)
+        else:
+            ds.save_as(buffer, enforce_file_format=True)
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
         # E.g. a body in implicit VR under an explicit transfer syntax: fail closed.
         raise MalformedInstance(f"cannot encode the data set ({type(exc).__name__})") from exc
     if pixel_data:
         buffer.write(pixel_data)
     return buffer.getvalue()
+
+
+def _can_copy_raw_elements(ds: Dataset) -> bool:
+    """Untouched elements can be copied as read when the output encoding is the input's."""
+    implicit, little = ds.original_encoding
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    return (
+        implicit is not None
+        and little is True
+        and syntax not in _NOT_SPLIT
+        and implicit == syntax.is_implicit_VR
+        and ds.original_character_set == ds._character_set
+    )
+
+
+def _write_dataset_copying_raw(fp: DicomBytesIO, ds: Dataset) -> None:
+    """pydicom's write_dataset, minus its per-element overhead for raw elements: an element
+    the engine never decoded is written as its header and the very bytes it was read from."""
+    implicit = bool(ds.original_encoding[0])
+    fp.is_implicit_VR, fp.is_little_endian = implicit, True
+    encodings = ds.get("SpecificCharacterSet", default_encoding)
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths are not written
+        element = ds.get_item(tag)
+        value = element.value
+        if (
+            isinstance(element, RawDataElement)
+            and element.length != UNDEFINED_LENGTH
+            and isinstance(value, bytes)
+            and (implicit or element.VR in _EXPLICIT_VRS)
+        ):
+            fp.write(_raw_header(int(tag), element.VR, len(value), implicit))
+            fp.write(value)
+        else:
+            write_data_element(fp, element, encodings)
+
+
+def _raw_header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes:
+    tag_bytes = _TAG.pack(tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return tag_bytes + _UL.pack(length)
+    assert vr is not None
+    if vr in EXPLICIT_VR_LENGTH_32:
+        return tag_bytes + vr.encode() + b"\x00\x00" + _UL.pack(length)
+    if length > 0xFFFF:
+        raise ValueError("value too long for a short explicit VR")  # pydicom would change VR
+    return tag_bytes + vr.encode() + _US.pack(length)
