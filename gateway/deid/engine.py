@@ -262,21 +262,18 @@ def _pass_trusted(ds: Dataset, identifiers: leaks.Identifiers) -> Result:
 
 
 def _clean_dataset(ds: Dataset, walk: _Walk, top: bool = False) -> None:
-    creators = _private_creators(ds)
-    kept_blocks: set[tuple[int, int]] = set()
-    overlays = {t >> 16 for t in ds.keys() if (t >> 16) in _OVERLAY_GROUPS and t & 0xFFFF == 0x3000}
-    for tag in list(ds.keys()):
-        tag = BaseTag(tag)
+    tags = list(ds.keys())
+    private = [t for t in tags if t.group & 1]
+    if private:
+        _clean_private(ds, private, walk)
+    overlays = {t >> 16 for t in tags if (t >> 16) in _OVERLAY_GROUPS and t & 0xFFFF == 0x3000}
+    for tag in tags:
+        if tag.group & 1:
+            continue
         if tag.element == 0:  # group lengths are stale once anything changes
             del ds[tag]
-        elif tag.is_private:
-            if not tag.is_private_creator and _keep_private(ds, tag, creators, walk):
-                kept_blocks.add((tag.group, tag.element >> 8))
         else:
             _apply(ds, tag, walk, top)
-    for (group, block), _creator in creators.items():
-        if (group, block) not in kept_blocks:
-            del ds[(group << 16) | block]
     # Fix (tests): removing Overlay Data (Type 1) left the rest of its Overlay Plane behind, an
     # invalid module (dciodvfy: "Missing attribute Type 1 Required Element=<OverlayData>").
     # An overlay whose data is gone goes as a whole (its description and label with it).
@@ -286,13 +283,28 @@ def _clean_dataset(ds: Dataset, walk: _Walk, top: bool = False) -> None:
                 del ds[tag]
 
 
+def _clean_private(ds: Dataset, private: list[BaseTag], walk: _Walk) -> None:
+    """Private elements go, but for those Retain Safe Private keeps (and their creators)."""
+    if "retain_safe_private" not in walk.policy.profile.option_keys:
+        for tag in private:
+            del ds[tag]
+        return
+    creators = _private_creators(ds, private)
+    kept_blocks: set[tuple[int, int]] = set()
+    for tag in private:
+        if not tag.is_private_creator and _keep_private(ds, tag, creators, walk):
+            kept_blocks.add((tag.group, tag.element >> 8))
+    for (group, block), _creator in creators.items():
+        if (group, block) not in kept_blocks:
+            del ds[(group << 16) | block]
+
+
 _OVERLAY_GROUPS = frozenset(range(0x6000, 0x6100, 2))
 
 
-def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
+def _private_creators(ds: Dataset, private: list[BaseTag]) -> dict[tuple[int, int], str]:
     creators = {}
-    for tag in ds.keys():
-        tag = BaseTag(tag)
+    for tag in private:
         if tag.is_private_creator:
             creators[(tag.group, tag.element)] = str(ds[tag].value or "")
     return creators
@@ -301,13 +313,8 @@ def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
 def _keep_private(
     ds: Dataset, tag: BaseTag, creators: Mapping[tuple[int, int], str], walk: _Walk
 ) -> bool:
-    policy = walk.policy
     creator = creators.get((tag.group, tag.element >> 8))
-    keep = (
-        "retain_safe_private" in policy.profile.option_keys
-        and creator is not None
-        and policy.safe_private.allows(creator, tag.group, tag.element)
-    )
+    keep = creator is not None and walk.policy.safe_private.allows(creator, tag.group, tag.element)
     if not keep:
         del ds[tag]
         return False
