@@ -247,7 +247,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.service import serve
 
     serve(_settings(args))
-    return EXIT_OK
+    # Everything is flushed and closed. A peer that opened a connection but never asked for an
+    # association keeps a pynetdicom thread waiting up to acse_timeout; it holds nothing, so
+    # it must not hold up the exit either.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -103,10 +103,13 @@ class Gateway:
         server = self.receiver.server
         if server is not None:
             server.shutdown()  # no new associations; running ones carry on
-            while server.active_associations and time.monotonic() < deadline:
+            # Wait for stores in flight; a connection that never became an association has none.
+            while (any(a.is_established for a in server.active_associations)
+                   and time.monotonic() < deadline):
                 time.sleep(0.05)
             for assoc in server.active_associations:
-                assoc.abort()
+                if assoc.is_established:
+                    assoc.abort()
         self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
         self.store.close()

@@ -123,3 +123,13 @@ def test_nothing_persisted_means_out_of_resources_and_the_sender_keeps_the_image
     incoming.mkdir(mode=0o700)
     assert store_file_as_is(gateway.port, study.paths[0]) == 0x0000
     wait_for(lambda: len(archive.files()) == 1, 30, "the retried instance at the archive")
+
+
+def test_a_connection_that_never_associates_does_not_hold_up_shutdown(peers: Peers) -> None:
+    import socket
+
+    archive = peers.archive()
+    gateway = peers.gateway([DestinationSpec("archive", archive.port)])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5):
+        # acse_timeout is 30 s and netpeers gives SIGTERM 30 s before it kills (code None)
+        assert gateway.stop() == 0
