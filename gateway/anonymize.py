@@ -7,10 +7,12 @@ skipped. Nothing that failed ever appears in DST.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from gateway.state import PseudonymStore
 log = logs.get_logger("anonymize")
 
 MAP_BATCH = 200  # files whose pseudonyms are written to the map in one transaction
+WORKER_CHUNK = 16  # files handed to a worker process at a time
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 Progress = Callable[[int, int], None]
@@ -66,22 +69,25 @@ def iter_files(src: Path) -> Iterator[Path]:
             yield Path(folder) / name
 
 
-def output_path(dst: Path, clean: CleanInstance) -> Path:
+def relative_path(clean: CleanInstance) -> tuple[str, str, str, str]:
+    """Pseudonymous PatientID / StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID.dcm."""
     ds = clean.result.dataset
 
     def part(value: object) -> str:
         text = _UNSAFE_PATH_CHARS.sub("_", str(value or "").strip())
         return text or "unknown"
 
-    return (
-        dst / part(ds.get("PatientID")) / part(ds.get("StudyInstanceUID"))
-        / part(ds.get("SeriesInstanceUID")) / f"{part(clean.sop_instance_uid)}.dcm"
-    )
+    return (part(ds.get("PatientID")), part(ds.get("StudyInstanceUID")),
+            part(ds.get("SeriesInstanceUID")), f"{part(clean.sop_instance_uid)}.dcm")
+
+
+def output_path(dst: Path, clean: CleanInstance) -> Path:
+    return dst.joinpath(*relative_path(clean))
 
 
 def write_atomically(path: Path, data: bytes, durable: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temp.open("wb") as handle:
         handle.write(data)
         if durable:
@@ -98,49 +104,110 @@ def check_folders(src: Path, dst: Path) -> None:
         raise ConfigError("SRC and DST must not contain each other; choose a separate DST")
 
 
+@dataclass(frozen=True)
+class Cleaned:
+    """What a worker hands back for one de-identified file (light to pass between processes)."""
+
+    relative: tuple[str, str, str, str]  # patient, study, series, instance file name
+    data: bytes
+    pseudonyms: list[Pseudonym]
+    unhandled: tuple[int, ...]
+
+
+Outcome = Cleaned | NotDicom | InstanceError | OSError
+
+
+def clean_file(path: Path, policy: Policy, secret: bytes) -> Outcome:
+    """Read and de-identify one file; failures come back as values, in the order of the files."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return exc
+    try:
+        clean = deidentify_bytes(data, policy, secret)
+    except (NotDicom, InstanceError) as exc:
+        return exc
+    return Cleaned(relative_path(clean), clean.data, clean.result.pseudonyms,
+                   tuple(clean.result.unhandled))
+
+
+_worker_policy: tuple[Policy, bytes] | None = None
+
+
+def _start_worker(policy: Policy, secret: bytes) -> None:
+    global _worker_policy
+    _worker_policy = (policy, secret)
+
+
+def _clean_in_worker(path: Path) -> Outcome:
+    assert _worker_policy is not None
+    return clean_file(path, *_worker_policy)
+
+
 class Anonymizer:
-    """Runs files through the de-identify stage; records pseudonyms and quarantines failures."""
+    """De-identifies files (in worker processes when there are several cores), writes the clean
+    copies in the order of the files, records pseudonyms and quarantines failures."""
 
     def __init__(
-        self, policy: Policy, secret: bytes, store: PseudonymStore, quarantine: Quarantine
+        self, policy: Policy, secret: bytes, store: PseudonymStore, quarantine: Quarantine,
+        workers: int = 1,
     ) -> None:
         self.policy = policy
         self.secret = secret
         self.store = store
         self.quarantine = quarantine
+        self.workers = max(1, workers)
         self._pending: list[Pseudonym] = []
         self._pending_files = 0
         self._written: set[Path] = set()
 
-    def process(self, data: bytes, source: str, dst: Path, summary: Summary) -> bool:
-        """One file; True when a clean copy was written under ``dst``."""
-        try:
-            clean = deidentify_bytes(data, self.policy, self.secret)
-        except NotDicom as exc:
+    def outcomes(self, files: list[Path]) -> Iterator[Outcome]:
+        if self.workers == 1 or len(files) < 2 * WORKER_CHUNK:
+            yield from (clean_file(path, self.policy, self.secret) for path in files)
+            return
+        # fork: workers start at once with the policy already in memory; the parent's database
+        # connection is never used in them.
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_start_worker,
+                                 initargs=(self.policy, self.secret)) as pool:
+            yield from pool.map(_clean_in_worker, files, chunksize=WORKER_CHUNK)
+
+    def take(self, outcome: Outcome, path: Path, dst: Path, summary: Summary) -> None:
+        """Write, quarantine or skip one file's outcome."""
+        if isinstance(outcome, OSError):
             summary.skipped += 1
-            summary.skip_reasons[str(exc)] += 1
-            return False
-        except InstanceError as exc:
-            # Absolute: `quarantine release` may run from another working directory.
-            record = self.quarantine.put(data, source, exc, {"destination": str(dst.resolve())})
-            log.warning("quarantined", quarantine_id=record.id, reason=exc.reason,
-                        error=type(exc).__name__)
-            summary.quarantined += 1
-            summary.reasons[exc.reason] += 1
-            return False
-        target = output_path(dst, clean)
+            summary.skip_reasons[f"unreadable file ({outcome.strerror})"] += 1
+        elif isinstance(outcome, NotDicom):
+            summary.skipped += 1
+            summary.skip_reasons[str(outcome)] += 1
+        elif isinstance(outcome, InstanceError):
+            self._quarantine(path, dst, outcome, summary)
+        else:
+            self._write(outcome, dst, summary)
+
+    def _quarantine(self, path: Path, dst: Path, error: InstanceError, summary: Summary) -> None:
+        # Absolute: `quarantine release` may run from another working directory.
+        record = self.quarantine.put(path.read_bytes(), str(path), error,
+                                     {"destination": str(dst.resolve())})
+        log.warning("quarantined", quarantine_id=record.id, reason=error.reason,
+                    error=type(error).__name__)
+        summary.quarantined += 1
+        summary.reasons[error.reason] += 1
+
+    def _write(self, cleaned: Cleaned, dst: Path, summary: Summary) -> None:
+        target = dst.joinpath(*cleaned.relative)
         if target in self._written:
             summary.duplicates += 1  # e.g. one instance in two transfer syntaxes: the last wins
         self._written.add(target)
-        write_atomically(target, clean.data)
-        log.debug("de-identified", sop_instance_uid=clean.sop_instance_uid, size=len(clean.data))
+        write_atomically(target, cleaned.data)
+        log.debug("de-identified", sop_instance_uid=cleaned.relative[3][: -len(".dcm")],
+                  size=len(cleaned.data))
         summary.written += 1
-        summary.unhandled.update(clean.result.unhandled.keys())
-        self._pending.extend(clean.result.pseudonyms)
+        summary.unhandled.update(cleaned.unhandled)
+        self._pending.extend(cleaned.pseudonyms)
         self._pending_files += 1
         if self._pending_files >= MAP_BATCH:
             self.flush()
-        return True
 
     def flush(self) -> None:
         self.store.record(self._pending)
@@ -154,14 +221,9 @@ def anonymize_tree(
     check_folders(src, dst)
     files = list(iter_files(src))
     summary = Summary(files_in=len(files))
-    for done, path in enumerate(files, start=1):
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            summary.skipped += 1
-            summary.skip_reasons[f"unreadable file ({exc.strerror})"] += 1
-        else:
-            anonymizer.process(data, str(path), dst, summary)
+    for done, (path, outcome) in enumerate(zip(files, anonymizer.outcomes(files), strict=True),
+                                           start=1):
+        anonymizer.take(outcome, path, dst, summary)
         if progress is not None:
             progress(done, len(files))
     anonymizer.flush()

@@ -83,7 +83,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     settings.prepare_data_dir()
     store = PseudonymStore(settings.database_url)
     try:
-        anonymizer = Anonymizer(settings.policy(), secret, store, Quarantine(settings.quarantine_dir))
+        anonymizer = Anonymizer(settings.policy(), secret, store,
+                                Quarantine(settings.quarantine_dir), workers=args.workers)
         progress = _print_progress if sys.stderr.isatty() and not args.json else None
         summary = anonymize_tree(Path(args.src), Path(args.dst), anonymizer, progress)
     finally:
@@ -361,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
+                   help="processes de-identifying in parallel (default: one per core)")
     p.set_defaults(func=cmd_anonymize)
 
     p = commands.add_parser("serve", help="run the gateway (until SIGTERM or SIGINT)")
