@@ -4,7 +4,7 @@ PYTHON ?= python3
 CONFIG ?= config/gateway.toml
 BIN = $(VENV)/bin
 
-.PHONY: run test lint pytest system-deps clean
+.PHONY: run test lint pytest system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(BIN)/.installed
 
 pytest: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+## bench: end-to-end and offline speed against dcmtk and dicognito (not a test; takes minutes)
+bench: $(BIN)/.installed system-deps
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
