@@ -24,7 +24,7 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed system-deps lint pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 
 pytest: $(BIN)/.installed

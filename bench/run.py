@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -230,20 +231,25 @@ def run_throughput(workdir: Path, paths: list[Path], parallel: int, through_gate
             return Throughput("direct", parallel, arrived(), time.monotonic() - started,
                               megabytes, sent)
         with gateway(run / "gateway", archive_port) as gw:
+            done = threading.Event()
+            if sample is not None:  # e.g. RSS, every half second while the run lasts
+                sampler = threading.Thread(target=lambda: _every(0.5, done, lambda: sample(gw.pid)))
+                sampler.start()
             cpu_before = cpu_seconds(gw.pid)
             started = time.monotonic()
             sent = send_with_storescu(gw.port, "DICOM_GW", shares)
-            if sample is None:
-                wait_until(lambda: arrived() >= len(paths), WAIT)
-            else:
-                while arrived() < len(paths) and time.monotonic() - started < WAIT:
-                    sample(gw.pid)
-                    time.sleep(0.5)
+            wait_until(lambda: arrived() >= len(paths), WAIT)
             elapsed = time.monotonic() - started
+            done.set()
             cpu = cpu_seconds(gw.pid) - cpu_before
             return Throughput("gateway", parallel, arrived(), elapsed, megabytes, sent,
                               peak_rss_mb=rss_kb(gw.pid) / 1024,
                               cpu_ms_per_instance=cpu * 1000 / len(paths))
+
+
+def _every(seconds: float, done: threading.Event, action: Callable[[], None]) -> None:
+    while not done.wait(seconds):
+        action()
 
 
 def percentile(values: list[float], q: float) -> float:
