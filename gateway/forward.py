@@ -208,7 +208,6 @@ class Forwarder(threading.Thread):
         self._contexts: frozenset[tuple[str, str]] = frozenset()
         self._failures = 0
         self._not_before = 0.0
-        self.transient_failures = 0  # since start; a test reads it to catch stalls
 
     # --- queue ---
 
@@ -381,7 +380,6 @@ class Forwarder(threading.Thread):
     def _back_off(self) -> None:
         forward = self.settings.forward
         self._failures += 1
-        self.transient_failures += 1
         delay = min(forward.retry_max_seconds,
                     forward.retry_initial_seconds * 2 ** (self._failures - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter: restarted gateways don't retry in lockstep

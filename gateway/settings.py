@@ -65,10 +65,6 @@ class Destination:
     tls: bool = False  # forward over TLS, verifying the archive with [tls].ca_certificates
     tls_server_name: str = ""  # name in the archive's certificate; default: host
 
-    @property
-    def has_filters(self) -> bool:
-        return bool(self.modalities or self.sop_classes or self.calling_aes)
-
 
 @dataclass(frozen=True)
 class TlsSettings:

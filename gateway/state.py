@@ -423,13 +423,6 @@ class Deliveries:
             )
             return set(rows)
 
-    def destinations_done(self, entry_id: str) -> set[str]:
-        with Session(self.engine) as session:
-            rows = session.scalars(
-                select(DeliveryRow.destination).where(DeliveryRow.entry_id == entry_id)
-            )
-            return set(rows)
-
     def forget(self, entry_ids: Iterable[str]) -> None:
         ids = list(entry_ids)
         if not ids:
