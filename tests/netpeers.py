@@ -72,6 +72,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def eventually(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> bool:
+    """Whether ``predicate`` becomes true within ``timeout`` (for tests that assert on it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback ``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex((LOOPBACK, port)) == 0
+
+
 def _stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> int | None:
     """Signal ``process`` and wait; SIGKILL it if it does not exit. Returns the first exit code
     seen after ``sig`` (None if it had to be killed)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from netpeers import free_port
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -72,12 +72,6 @@ def assert_no_planted_value(output: str) -> None:
                            if len(p) > 4]
         for part in parts:
             assert part.upper() not in text, f"planted {label} ({part!r}) reached the output"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_allow_list_drops_unknown_fields_and_says_which() -> None:

@@ -7,13 +7,12 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from netpeers import eventually, free_port, listening
 from pydicom.data import get_testdata_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,26 +46,6 @@ def test_the_two_fresh_machine_commands_are_make_run_and_make_test() -> None:
     assert "make test" in ci
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(predicate, timeout: float = WAIT) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def gateway(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
@@ -95,7 +74,7 @@ def test_every_readme_command_runs_as_documented(tmp_path: Path) -> None:
         "/secure/backups/gateway": str(tmp_path / "backup"),
     }
     try:
-        assert wait_for(lambda: listening(archive_port))
+        assert eventually(lambda: listening(archive_port))
         for command in readme_commands():
             args = shlex.split(command)[1:]
             for old, new in substitutions.items():
@@ -136,7 +115,7 @@ def run_serve_briefly(args: list[str], cwd: Path, port: int) -> None:
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], cwd=cwd,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: listening(port)), "serve did not start listening"
+        assert eventually(lambda: listening(port)), "serve did not start listening"
     finally:
         process.terminate()
         assert process.wait(timeout=WAIT) == 0

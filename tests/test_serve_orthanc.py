@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from io import BytesIO
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from netpeers import eventually, free_port, listening
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -26,21 +25,6 @@ pytestmark = pytest.mark.skipif(
 WAIT = 60.0
 PATIENT_NAME = "Orthancpatient^Wilhelmina"
 PATIENT_ID = "ORTH-4711"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float = WAIT) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def http(url: str, data: bytes | None = None) -> bytes:
@@ -55,11 +39,6 @@ def answers(url: str) -> bool:
     except OSError:
         return False
     return True
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def study_files(count: int) -> list[bytes]:
@@ -134,8 +113,8 @@ idle_release_seconds = 1
     ]
     url = f"http://127.0.0.1:{orthanc_http}"
     try:
-        assert wait_for(lambda: answers(f"{url}/system") and listening(gateway_port)
-                        and listening(archive_port))
+        assert eventually(lambda: answers(f"{url}/system") and listening(gateway_port)
+                          and listening(archive_port), WAIT)
         yield url, archive_dir
     finally:
         codes = [stop(p) for p in reversed(processes)]
@@ -151,7 +130,7 @@ def test_orthanc_sends_a_study_that_arrives_anonymized(peers: tuple[str, Path]) 
     job = json.loads(http(f"{url}/modalities/gateway/store", study_id.encode()))
     assert job.get("FailedInstancesCount", 0) == 0
 
-    assert wait_for(lambda: len(list(archive.iterdir())) == 3)
+    assert eventually(lambda: len(list(archive.iterdir())) == 3, WAIT)
     received = [pydicom.dcmread(p) for p in sorted(archive.iterdir())]
     for ds, raw in zip(received, (p.read_bytes() for p in sorted(archive.iterdir())),
                        strict=True):

@@ -7,16 +7,15 @@ pynetdicom is the sending modality. Certificates come from a throw-away test CA.
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+from netpeers import eventually, free_port, listening
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs dcmtk storescp and openssl",
 )
 WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -54,15 +47,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def wait_for(predicate, timeout: float = WAIT) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def start_gateway(tmp: Path, config: str) -> subprocess.Popen[bytes]:
     (tmp / "gw.toml").write_text(config)
     subprocess.run([sys.executable, "-m", "gateway.cli", "init-secret", "var/secret.key",
@@ -82,11 +66,6 @@ def stop(process: subprocess.Popen[bytes]) -> int:
             process.kill()
             process.wait(timeout=WAIT)
     return int(process.returncode)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def client_tls(pki: Path, with_certificate: bool = True) -> tuple[ssl.SSLContext, str]:
@@ -132,7 +111,7 @@ tls = true
 idle_release_seconds = 1
 """)
     try:
-        assert wait_for(lambda: listening(gateway_port) and listening(archive_port))
+        assert eventually(lambda: listening(gateway_port) and listening(archive_port))
         yield gateway_port, received, gateway
     finally:
         assert stop(gateway) == 0
@@ -152,7 +131,7 @@ def test_tls_association_with_the_test_ca_stores_and_forwards_over_tls(
     finally:
         assoc.release()
     # The archive only speaks TLS and demands our certificate: arrival proves outbound TLS.
-    assert wait_for(lambda: any(received.iterdir()))
+    assert eventually(lambda: any(received.iterdir()))
     (stored,) = list(received.iterdir())
     ds = pydicom.dcmread(stored)
     assert ds.PatientIdentityRemoved == "YES"
@@ -194,7 +173,7 @@ ae_title = "ARCHIVE"
 port = {free_port()}
 """)
     try:
-        assert wait_for(lambda: listening(port))
+        assert eventually(lambda: listening(port))
         accepted = associate(port, calling="PACS")
         assert accepted.is_established
         assert accepted.send_c_echo().Status == 0x0000
