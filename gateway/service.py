@@ -7,6 +7,8 @@ spool is sent after the next start.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import threading
 import time
@@ -50,6 +52,7 @@ class Gateway:
     dispatcher: Dispatcher
     store: PseudonymStore
     deliveries: Deliveries
+    data_dir_lock: int  # a file descriptor holding the data folder's lock while serving
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -59,6 +62,7 @@ class Gateway:
         secret = settings.require_secret()
         policy = settings.policy()
         settings.prepare_data_dir()
+        lock = _lock_data_dir(settings)
         configure_pynetdicom()
         spool = Spool(settings.spool_dir).prepare(owner=True)
         store = PseudonymStore(settings.database_url)
@@ -72,11 +76,12 @@ class Gateway:
             receiver.start()
         except OSError as exc:
             dispatcher.stop(1.0)
+            os.close(lock)
             raise ConfigError(
                 f"gateway.port: cannot listen on {settings.gateway.host}:{settings.gateway.port}"
                 f" ({exc.strerror}); is another gateway running?"
             ) from exc
-        gateway = cls(settings, receiver, dispatcher, store, deliveries)
+        gateway = cls(settings, receiver, dispatcher, store, deliveries, lock)
         threading.Thread(target=gateway._flush_state, name="state-flush", daemon=True).start()
         return gateway
 
@@ -114,6 +119,21 @@ class Gateway:
         self._stopped.set()
         self.store.close()
         self.deliveries.close()
+        os.close(self.data_dir_lock)
+
+
+def _lock_data_dir(settings: Settings) -> int:
+    """One serving gateway per data folder: a second would share (and clean) its spool."""
+    fd = os.open(settings.data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise ConfigError(
+            f"gateway.data_dir: another gateway is serving from {settings.data_dir}; stop it, "
+            "or give this one its own data_dir"
+        ) from exc
+    return fd
 
 
 def serve(settings: Settings) -> None:

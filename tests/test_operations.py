@@ -133,3 +133,20 @@ def test_a_connection_that_never_associates_does_not_hold_up_shutdown(peers: Pee
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5):
         # acse_timeout is 30 s and netpeers gives SIGTERM 30 s before it kills (code None)
         assert gateway.stop() == 0
+
+
+def test_a_second_gateway_on_the_same_data_folder_refuses_to_start(peers: Peers) -> None:
+    import subprocess
+    import sys
+
+    archive = peers.archive()
+    first = peers.gateway([DestinationSpec("archive", archive.port)])
+    other = first.config_path.with_name("second.toml")
+    other.write_text(first.config.replace(f"port = {first.port}", f"port = {free_port()}", 1))
+    second = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(other)],
+        cwd=first.workdir, capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 2
+    assert "another gateway is serving from var" in second.stderr
+    assert first.answers_echo()
