@@ -31,9 +31,9 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_context
 
+from gateway.deid.elements import read_encoded
 from gateway.errors import GatewayError
 from gateway.forward import guard_reactor
-from gateway.instances import read_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = COLUMNS = 512
@@ -306,7 +306,7 @@ def offline_folder(folder: Path, copies: int) -> int:
     for path in get_testdata_files():
         try:
             data = Path(path).read_bytes()
-            read_instance(data)
+            read_encoded(data)
         except (GatewayError, OSError):
             continue
         sources.append(Path(path))

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import logs
-from gateway.deid.engine import Policy, Pseudonym
+from gateway.deid.engine import SERIES_INSTANCE_UID, STUDY_INSTANCE_UID, Policy, Pseudonym
+from gateway.deid.leaks import PATIENT_ID
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import ConfigError, InstanceError, NotDicom
 from gateway.quarantine import Quarantine
@@ -71,14 +72,14 @@ def iter_files(src: Path) -> Iterator[Path]:
 
 def relative_path(clean: CleanInstance) -> tuple[str, str, str, str]:
     """Pseudonymous PatientID / StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID.dcm."""
-    ds = clean.result.dataset
+    result = clean.result
 
-    def part(value: object) -> str:
-        text = _UNSAFE_PATH_CHARS.sub("_", str(value or "").strip())
+    def part(value: str) -> str:
+        text = _UNSAFE_PATH_CHARS.sub("_", value.strip())
         return text or "unknown"
 
-    return (part(ds.get("PatientID")), part(ds.get("StudyInstanceUID")),
-            part(ds.get("SeriesInstanceUID")), f"{part(clean.sop_instance_uid)}.dcm")
+    return (part(result.fact(PATIENT_ID)), part(result.fact(STUDY_INSTANCE_UID)),
+            part(result.fact(SERIES_INSTANCE_UID)), f"{part(clean.sop_instance_uid)}.dcm")
 
 
 def output_path(dst: Path, clean: CleanInstance) -> Path:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.deid.engine import Policy, Result, deidentify
-from gateway.instances import encode_instance, split_instance
+from gateway.deid.engine import Policy, Result, deidentify_encoded
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,5 @@ class CleanInstance:
 
 def deidentify_bytes(data: bytes, policy: Policy, secret: bytes) -> CleanInstance:
     """Raise NotDicom (skip) or an InstanceError (quarantine); otherwise the clean encoding."""
-    instance = split_instance(data)
-    result = deidentify(instance.dataset, policy, secret)
-    return CleanInstance(result, encode_instance(result.dataset, instance.pixel_data))
+    result = deidentify_encoded(data, policy, secret)
+    return CleanInstance(result, result.data)

@@ -40,6 +40,10 @@ class NotDicom(GatewayError):
     """Input that is not a DICOM file or data set (empty, text, an image of another format)."""
 
 
+class NotAnInstance(NotDicom):
+    """DICOM, but not a composite instance (e.g. a DICOMDIR)."""
+
+
 class InstanceError(GatewayError):
     """An instance that cannot be de-identified and passed on."""
 

@@ -163,12 +163,12 @@ class Receiver:
         return status
 
     def _spool(self, clean: CleanInstance, calling_ae: str) -> int:
-        ds = clean.result.dataset
-        routing = Routing(str(ds.get("Modality", "") or ""), str(ds.SOPClassUID), calling_ae)
+        result = clean.result
+        routing = Routing(result.modality, result.sop_class_uid, calling_ae)
         excluded = routing.excluded_from(self.settings.destinations)
         try:
-            entry = self.spool.put(clean.data, str(ds.SOPClassUID),
-                                   str(ds.file_meta.TransferSyntaxUID), clean.sop_instance_uid)
+            entry = self.spool.put(clean.data, result.sop_class_uid, result.transfer_syntax_uid,
+                                   clean.sop_instance_uid)
             if excluded:  # before the count: a restart must never send it there
                 self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
             counts = {(RECEIVED, ""): 1}

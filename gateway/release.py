@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.anonymize import output_path, write_atomically
+from gateway.deid.elements import read_encoded
+from gateway.deid.engine import SOP_CLASS_UID
 from gateway.deidentify import deidentify_bytes
 from gateway.errors import InstanceError, MalformedInstance, NotDicom
-from gateway.instances import read_instance
 from gateway.quarantine import Quarantine, QuarantineRecord
 from gateway.settings import Settings
 from gateway.spool import Spool
@@ -57,16 +58,15 @@ class Releaser:
 
     def _to_spool(self, data: bytes) -> str:
         clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret())
-        ds = clean.result.dataset
-        Spool(self.settings.spool_dir).prepare().put(clean.data, str(ds.SOPClassUID),
-                                          str(ds.file_meta.TransferSyntaxUID))
+        Spool(self.settings.spool_dir).prepare().put(clean.data, clean.result.sop_class_uid,
+                                                     clean.result.transfer_syntax_uid)
         self.store.record(clean.result.pseudonyms)
         return "spool (all destinations)"
 
     def _respool_dead_letter(self, data: bytes, destination: str) -> str:
-        ds = read_instance(data)
-        entry = Spool(self.settings.spool_dir).prepare().put(data, str(ds.SOPClassUID),
-                                                   str(ds.file_meta.TransferSyntaxUID))
+        instance = read_encoded(data)
+        entry = Spool(self.settings.spool_dir).prepare().put(
+            data, instance.text(SOP_CLASS_UID), instance.transfer_syntax)
         others = [d.name for d in self.settings.destinations if d.name != destination]
         self.deliveries.record((entry.id, name, NOT_ADDRESSED) for name in others)
         return f"spool (destination {destination})"

@@ -166,6 +166,10 @@ def _file_bytes(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
+def file_bytes(path: str) -> bytes:
+    return _file_bytes(path)
+
+
 def read(path: str, **kwargs: Any) -> Dataset:
     """A fresh dataset read from (cached) file bytes."""
     return pydicom.dcmread(io.BytesIO(_file_bytes(path)), **kwargs)

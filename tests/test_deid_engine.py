@@ -34,6 +34,7 @@ from deid_helpers import (
     documented_action,
     element,
     exact_rows,
+    file_bytes,
     output_container,
     plant,
     plant_vr,
@@ -58,7 +59,7 @@ from gateway.deid.engine import (
     IMPLEMENTATION_CLASS_UID,
     PatientPolicy,
     Pseudonym,
-    deidentify,
+    deidentify_encoded,
     pseudonymous_patient_id,
 )
 from gateway.deid.private import parse_user_list
@@ -89,7 +90,6 @@ def test_basic_profile_applies_the_table_action(row, where):
     ds = base_dataset()
     planted = plant(ds, row, where)
     result = run(ds)
-    assert result.dataset is ds
     assert_action(documented_action(row["basic"]), row, where, result.dataset, planted)
     assert int(row_tag(row)) not in result.unhandled  # listed attributes are never "unhandled"
 
@@ -588,7 +588,9 @@ def test_trusted_input_is_passed_on_unchanged():
     result = run(ds, policy(trust_deidentified=True))
     assert result.trusted is True
     assert result.pseudonyms == []
-    assert write(result.dataset) == before
+    # the data set as it came; only the preamble and file meta are the gateway's own
+    assert result.dataset == pydicom.dcmread(io.BytesIO(before))
+    assert result.data[:128] == bytes(128)
 
 
 def test_trusted_input_with_the_patient_name_elsewhere_is_a_leak():
@@ -658,6 +660,11 @@ EXPECTED_QUARANTINE = {
     "reportsi.dcm": "leak-detected",
     "reportsi_with_empty_number_tags.dcm": "leak-detected",
     "test-SR.dcm": "leak-detected",
+    # An implicit VR body under an explicit VR transfer syntax: it cannot be read as it claims.
+    "SC_rgb_jpeg.dcm": "malformed",
+    # Cut short on purpose (pydicom reads what is there without complaint).
+    "MR_truncated.dcm": "malformed",
+    "rtplan_truncated.dcm": "malformed",
 }
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 OWN_VALUES = {"ANONYMIZED", "ANONYMOUS"}
@@ -666,7 +673,7 @@ SCANNED = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UN", "UR", "UT"}
 
 @dataclass
 class Outcome:
-    status: str  # ok | unreadable | no-sop-instance-uid | input-unwritable | quarantined | crash
+    status: str  # ok | unreadable | no-sop-instance-uid | quarantined | crash
     detail: str = ""
     name: str = ""
     patient_id: str = ""
@@ -685,21 +692,13 @@ def process(path: str) -> Outcome:
             return Outcome("no-sop-instance-uid")
         name = str(ds.get("PatientName", "") or "")
         patient_id = str(ds.get("PatientID", "") or "")
-        try:
-            result = deidentify(ds, policy(), SECRET)
+        try:  # the file's own bytes, as the gateway receives and reads them
+            result = deidentify_encoded(file_bytes(path), policy(), SECRET)
         except InstanceError as exc:
             return Outcome("quarantined", f"{exc.reason}: {exc}", name, patient_id)
         except Exception as exc:
             return Outcome("crash", f"{type(exc).__name__}: {exc}", name, patient_id)
-        try:
-            output = write(result.dataset)
-        except Exception as exc:
-            try:
-                write(read(path))
-            except Exception:
-                return Outcome("input-unwritable", type(exc).__name__, name, patient_id)
-            return Outcome("crash", f"write: {type(exc).__name__}: {exc}", name, patient_id)
-    return Outcome("ok", "", name, patient_id, output)
+    return Outcome("ok", "", name, patient_id, result.data)
 
 
 CORPUS = corpus_files()
@@ -715,7 +714,7 @@ def test_corpus_has_no_crash_and_few_quarantined_instances():
     quarantined = {k: o.detail for k, o in outcomes.items() if o.status == "quarantined"}
     summary = {
         status: sorted(k for k, o in outcomes.items() if o.status == status)
-        for status in ("quarantined", "input-unwritable", "no-sop-instance-uid")
+        for status in ("quarantined", "no-sop-instance-uid")
     }
     print("quarantined:", quarantined)
     print("not de-identified:", summary)
@@ -723,7 +722,6 @@ def test_corpus_has_no_crash_and_few_quarantined_instances():
     assert {k: d.split(":")[0] for k, d in quarantined.items()}.items() <= (
         EXPECTED_QUARANTINE.items()
     )
-    assert len(summary["input-unwritable"]) <= 2
     assert sum(o.status == "ok" for o in outcomes.values()) >= 200
 
 
