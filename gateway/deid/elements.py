@@ -30,6 +30,7 @@ VALID_VRS = VR_32 | frozenset({
     "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL",
     "SS", "ST", "SV", "TM", "UI", "UL", "US", "UV",
 })
+_VR_NAMES = {vr.encode(): vr for vr in VALID_VRS}
 # Text whose bytes depend on the Specific Character Set (the others are plain ASCII).
 CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 PN_DELIMITERS = {0x5C, 0x3D, 0x5E}  # \ = ^
@@ -40,11 +41,14 @@ _SIMPLE_CODECS = {"iso8859": "latin-1", "latin_1": "latin-1", "utf_8": "utf-8"}
 class Encoding:
     """Byte order and VR explicitness of one level of a data set, with its struct formats."""
 
-    __slots__ = ("implicit", "little", "tag", "us", "ul", "order")
+    __slots__ = ("implicit", "little", "tag", "us", "ul", "order", "header")
 
     def __init__(self, implicit: bool, little: bool) -> None:
         self.implicit, self.little = implicit, little
         self.order = "<" if little else ">"
+        # An element header as (group, element, VR bytes, length); implicit VR has no VR bytes
+        # (b"" in their place) and a 32-bit length.
+        self.header = struct.Struct(self.order + ("HH0sL" if implicit else "HH2sH"))
         self.tag = struct.Struct(self.order + "HH")
         self.us = struct.Struct(self.order + "H")
         self.ul = struct.Struct(self.order + "L")
@@ -112,33 +116,30 @@ class Reader:
                   in_item: bool) -> tuple[list[Element], int]:
         """Elements from ``position`` up to ``end`` (or an item delimiter when ``in_item``)."""
         buffer = self.buffer
-        unpack_tag, unpack_ul, unpack_us = (encoding.tag.unpack_from, encoding.ul.unpack_from,
-                                            encoding.us.unpack_from)
+        implicit, unpack_header, unpack_ul = (encoding.implicit, encoding.header.unpack_from,
+                                              encoding.ul.unpack_from)
         elements: list[Element] = []
         while position < end:
             start = position
             if position + 8 > end:
                 raise MalformedInstance("trailing bytes after the last element (truncated or corrupt)")
-            group, number = unpack_tag(buffer, position)
+            # implicit: group, element, 32-bit length; explicit: group, element, VR, 16-bit length
+            group, number, vr_bytes, length = unpack_header(buffer, position)
             tag = (group << 16) | number
             if group == 0xFFFE:
                 if in_item and tag == ITEM_END:
                     return elements, position + 8
                 raise MalformedInstance("an item or delimiter where an element was expected")
-            if encoding.implicit:
+            value_start = position + 8
+            if implicit:
                 vr = dictionary_vr(tag)
-                (length,) = unpack_ul(buffer, position + 4)
-                value_start = position + 8
             else:
-                vr = bytes(buffer[position + 4 : position + 6]).decode("latin-1")
-                if vr not in VALID_VRS:
+                vr = _VR_NAMES.get(vr_bytes, "")
+                if not vr:
                     raise MalformedInstance("an element has an invalid VR (wrong transfer syntax?)")
                 if vr in VR_32:
                     (length,) = unpack_ul(buffer, position + 8)
                     value_start = position + 12
-                else:
-                    (length,) = unpack_us(buffer, position + 6)
-                    value_start = position + 8
                 if vr == "UN":
                     if length == UNDEFINED or dictionary_vr(tag) == "SQ":
                         # A sequence sent as UN: its items are implicit VR (PS3.5 6.2.2).
