@@ -112,6 +112,11 @@ FACT_TAGS = (PATIENT_ID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_CLASS_UID,
 
 # Set by the engine itself after the walk (see _marks), so never reported as unhandled.
 MARKING_TAGS = frozenset({IDENTITY_REMOVED, METHOD, LONGITUDINAL})
+# Unlisted attributes of these VRs are copied untouched (_apply_unlisted, _copy): no sequence,
+# UID, free text, date or scanned text; the tags below have rules of their own.
+_PLAIN_VRS = frozenset({"AS", "AT", "CS", "DS", "FD", "FL", "IS", "OB", "OD", "OF", "OL", "OV",
+                        "OW", "SL", "SS", "SV", "TM", "UL", "US", "UV"})
+_SPECIAL_TAGS = frozenset({PATIENT_AGE, INSTITUTION_NAME})
 _OVERLAY_GROUPS = frozenset(range(0x6000, 0x6100, 2))
 
 PatientMode = Literal["hash", "table", "fixed"]
@@ -410,6 +415,7 @@ class _Instance:
     def _clean_elements(self, elements: list[Element], level: _Level) -> None:
         kept_private = self._kept_private(elements)
         overlays = set()
+        action_for, out, buffer = self.policy.profile.action_for, level.out, self.buffer
         for element in elements:
             tag = element.tag
             if (tag >> 16) & 1:
@@ -417,6 +423,9 @@ class _Instance:
                     self._keep(element, level)
             elif tag & 0xFFFF == 0:
                 continue  # group lengths are stale once anything changes
+            elif element.vr in _PLAIN_VRS and action_for(tag) is None and tag not in _SPECIAL_TAGS:
+                # Most of an image's attributes: unlisted numbers and codes, kept as they came.
+                out.append((tag, buffer[element.start : element.end]))
             else:
                 if (tag >> 16) in _OVERLAY_GROUPS and tag & 0xFFFF == 0x3000:
                     overlays.add(tag >> 16)
