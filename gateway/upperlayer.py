@@ -420,7 +420,10 @@ class _Reader:
                     raise TimeoutError("deadline passed")
                 self.sock.settimeout(remaining)
                 self._timeout = None
-            received = self.sock.recv_into(self.view[self.end :])
+            try:
+                received = self.sock.recv_into(self.view[self.end :])
+            except (ConnectionResetError, ssl.SSLEOFError) as exc:
+                raise PeerClosed("connection reset") from exc
             if not received:
                 raise PeerClosed("connection closed")
             self.end += received
