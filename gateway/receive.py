@@ -72,7 +72,7 @@ class Routing:
 def caller_allowed(rules: tuple[CallerRule, ...], calling_ae: str, address: str) -> bool:
     """No rules: everyone. Otherwise a rule must name the title, and the address if it has one
     (``"PACS@10.0.0.5"``)."""
-    return not rules or any(r.ae_title == calling_ae and r.address in (None, address)
+    return not rules or any(r.ae_title.strip() == calling_ae and r.address in (None, address)
                             for r in rules)
 
 

@@ -228,7 +228,7 @@ def encode_associate_ac(
         _item(0x21, bytes((r.id, 0, r.result, 0)) + _item(0x40, r.transfer_syntax.encode("ascii")))
         for r in results
     )
-    user = _item(0x50, _item(0x51, max_pdu.to_bytes(4, "big"))
+    user = _item(0x50, _item(0x51, min(max_pdu, 0xFFFFFFFF).to_bytes(4, "big"))
                  + _item(0x52, implementation_class_uid.encode("ascii"))
                  + _item(0x55, implementation_version_name.encode("ascii")))
     return _pdu(A_ASSOCIATE_AC,
