@@ -420,12 +420,7 @@ def test_data_on_a_context_that_was_not_accepted_is_aborted(start: Callable[...,
     running = start()
     with socket.create_connection((LOOPBACK, running.port), timeout=WAIT) as sock:
         sock.sendall(associate_rq(contexts=((1, Verification, "1.2.840.10008.1.2"),)))
-        header = sock.recv(6)
-        assert header[0] == A_ASSOCIATE_AC
-        (length,) = struct.unpack(">I", header[2:6])
-        body = b""
-        while len(body) < length:
-            body += sock.recv(length - len(body))
+        assert recv_pdu(sock)[0] == A_ASSOCIATE_AC
         command = encode_command({0x0100: (0x0030).to_bytes(2, "little"),
                                   0x0110: (1).to_bytes(2, "little"),
                                   0x0800: (0x0101).to_bytes(2, "little")})
@@ -507,3 +502,57 @@ def test_command_sets_round_trip_with_uids_padded_to_even_length() -> None:
     fragments = PduTap.pdus(p_data_tf(1, command, 16))
     assert all(length <= 16 for _, length in fragments)
     assert len(fragments) == -(-len(command) // 10)
+
+
+def test_stop_waits_for_a_data_set_that_is_still_arriving(start: Callable[..., Running]) -> None:
+    running = start()
+    data = dataset_of_part10(pydicom_file("CT_small.dcm").read_bytes())  # explicit VR LE
+    sop_uid = b"1.2.826.0.1.3680043.10.999.33\x00"  # odd length: NUL-padded
+    with socket.create_connection((LOOPBACK, running.port), timeout=WAIT) as sock:
+        sock.sendall(associate_rq(contexts=((1, CTImageStorage, "1.2.840.10008.1.2.1"),)))
+        assert recv_pdu(sock)[0] == A_ASSOCIATE_AC
+        command = encode_command({0x0002: b"1.2.840.10008.5.1.4.1.1.2\x00",
+                                  0x0100: (0x0001).to_bytes(2, "little"),
+                                  0x0110: (7).to_bytes(2, "little"),
+                                  0x0700: (0).to_bytes(2, "little"),
+                                  0x0800: (0).to_bytes(2, "little"), 0x1000: sop_uid})
+        sock.sendall(p_data_tf(1, command, 0))
+        half = len(data) // 2
+        sock.sendall(data_pdu(1, data[:half], last=False))
+        time.sleep(0.3)  # the first half is in
+
+        stopper = threading.Thread(target=running.server.stop, args=(WAIT,))
+        stopper.start()
+        time.sleep(0.5)
+        assert stopper.is_alive(), "stop must wait for the message that has begun"
+        sock.sendall(data_pdu(1, data[half:], last=True))
+        kind, body = recv_pdu(sock)
+        assert kind == P_DATA_TF
+        assert body[5] == 0x03  # one PDV: the whole command set
+        response = decode_command(body[6:])
+        assert response[0x0900] == b"\x00\x00"  # success
+        assert response[0x0120] == (7).to_bytes(2, "little")
+        assert response[0x1000] == sop_uid
+        assert recv_pdu(sock) == (A_ABORT, bytes(4))  # then aborted: the server is stopping
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert [len(r.dataset) for r in running.stored] == [len(data)]
+
+
+def data_pdu(context_id: int, data: bytes, last: bool) -> bytes:
+    pdv = struct.pack(">IBB", len(data) + 2, context_id, 0x02 if last else 0x00) + data
+    return struct.pack(">BxI", P_DATA_TF, len(pdv)) + pdv
+
+
+def recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole PDU: its type and variable field."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "closed in the middle of a PDU"
+            data += chunk
+        return data
+
+    kind, length = struct.unpack(">BxI", exactly(6))
+    return kind, exactly(length)
