@@ -248,9 +248,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.service import serve
 
     serve(_settings(args))
-    # Everything is flushed and closed. A peer that opened a connection but never asked for an
-    # association keeps a pynetdicom thread waiting up to acse_timeout; it holds nothing, so
-    # it must not hold up the exit either.
+    # Everything is flushed and closed. A thread still waiting on a peer (each wait is bounded
+    # by a timeout) holds nothing, so it must not hold up the exit either.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_OK)

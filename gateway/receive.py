@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TypeVar
 
-from pynetdicom import AE, evt
+from pydicom.uid import UID
+from pynetdicom import AE
+from pynetdicom import sop_class as pynetdicom_sop_class
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.service_class import StorageServiceClass
 
 from gateway import logs, metrics
-from gateway.deid.engine import Policy
+from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.quarantine import Quarantine
@@ -29,12 +31,12 @@ from gateway.settings import CallerRule, Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, Deliveries, PseudonymStore
 from gateway.tls import server_context
+from gateway.upperlayer import Server, ServerConfig, StoreRequest
 
 log = logs.get_logger("receive")
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
 
 AE_T = TypeVar("AE_T", bound=AE)
 Spooled = Callable[[SpoolEntry, frozenset[str]], None]
@@ -67,30 +69,46 @@ class Routing:
         )
 
 
-NOBODY = "\x00"  # a calling AE title no peer can have: rejects everyone from an unlisted host
+def caller_allowed(rules: tuple[CallerRule, ...], calling_ae: str, address: str) -> bool:
+    """No rules: everyone. Otherwise a rule must name the title, and the address if it has one
+    (``"PACS@10.0.0.5"``)."""
+    return not rules or any(r.ae_title.strip() == calling_ae and r.address in (None, address)
+                            for r in rules)
 
 
-class GatewayAE(AE):
-    """An AE whose allowed calling AE titles depend on the caller's address.
+@lru_cache(maxsize=1024)
+def storage_sop_class(uid: str) -> bool:
+    """Every storage SOP class, private and unknown ones too: what pynetdicom accepts with
+    ``UNRESTRICTED_STORAGE_SERVICE`` (only the non-storage SOP classes it knows are refused)."""
+    u = UID(uid)
+    return (u.is_private
+            or pynetdicom_sop_class.uid_to_service_class(u) is StorageServiceClass
+            or not hasattr(pynetdicom_sop_class, u.keyword))
 
-    pynetdicom checks ``require_calling_aet`` during negotiation, in the association's own
-    thread, and rejects a caller not in it with A-ASSOCIATE-RJ "calling AE title not
-    recognized"; answering per association lets an AE title be bound to a host.
-    """
 
-    caller_rules: tuple[CallerRule, ...] = ()
+def _explicit_le(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One short-VR element, explicit VR little endian."""
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
 
-    @property
-    def require_calling_aet(self) -> list[str]:
-        if not self.caller_rules:
-            return []
-        address = getattr(getattr(threading.current_thread(), "requestor", None), "address", None)
-        titles = [r.ae_title for r in self.caller_rules if r.address in (None, address)]
-        return titles or [NOBODY]
 
-    @require_calling_aet.setter
-    def require_calling_aet(self, ae_titles: list[str]) -> None:
-        self.caller_rules = tuple(CallerRule(t) for t in ae_titles)
+def _even(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and the file meta group for a data set received by C-STORE (the
+    bytes pynetdicom's ``encoded_dataset(include_meta=True)`` put before the data set)."""
+    elements = b"".join((
+        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+        _explicit_le(0x00020002, b"UI", _even(sop_class_uid, b"\x00")),
+        _explicit_le(0x00020003, b"UI", _even(sop_instance_uid, b"\x00")),
+        _explicit_le(0x00020010, b"UI", _even(transfer_syntax, b"\x00")),
+        _explicit_le(0x00020012, b"UI", _even(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        _explicit_le(0x00020013, b"SH", _even(IMPLEMENTATION_VERSION_NAME, b" ")),
+    ))
+    group_length = _explicit_le(0x00020000, b"UL", struct.pack("<I", len(elements)))
+    return bytes(128) + b"DICM" + group_length + elements
 
 
 def _ms(started: float) -> float:
@@ -127,24 +145,21 @@ class Receiver:
         self.deliveries = deliveries
         self.quarantine = quarantine
         self.on_spooled = on_spooled
-        self.server: ThreadedAssociationServer | None = None
+        self.server: Server | None = None
 
-    # --- handlers ---
+    # --- the C-STORE handler (C-ECHO is answered by the upper layer) ---
 
-    def handle_echo(self, event: Event) -> int:
-        return SUCCESS
-
-    def handle_store(self, event: Event) -> int:
+    def handle_store(self, request: StoreRequest) -> int:
         started = time.perf_counter()
-        requestor = event.assoc.requestor
-        calling_ae = str(requestor.ae_title).strip()
-        peer = f"{requestor.address}:{requestor.port}"
+        calling_ae = request.calling_ae
+        peer = f"{request.address}:{request.port}"
         source = f"{calling_ae}@{peer}"
         try:
-            data = event.encoded_dataset(include_meta=True)
-        except (AttributeError, ValueError, KeyError) as exc:
-            return self._quarantine(b"", source, calling_ae, MalformedInstance(
-                f"cannot read the C-STORE data set ({type(exc).__name__})"))
+            data = part10_header(request.sop_class_uid, request.sop_instance_uid,
+                                 request.transfer_syntax) + request.dataset
+        except UnicodeEncodeError as exc:
+            return self._quarantine(bytes(request.dataset), source, calling_ae, MalformedInstance(
+                f"cannot read the C-STORE request ({type(exc).__name__})"))
         log.info("received", calling_ae=calling_ae, peer=peer, size=len(data))
         metrics.RECEIVED_BYTES.inc(len(data))
         try:
@@ -201,44 +216,29 @@ class Receiver:
         metrics.QUARANTINED.labels(reason=error.reason).inc()
         return status
 
-    def _association_opened(self, event: Event) -> None:
-        requestor = event.assoc.requestor
-        log.info("association", calling_ae=str(requestor.ae_title).strip(),
-                 peer=f"{requestor.address}:{requestor.port}")
-
-    def _association_rejected(self, event: Event) -> None:
-        requestor = event.assoc.requestor
-        log.warning("association rejected", calling_ae=str(requestor.ae_title).strip(),
-                    peer=f"{requestor.address}:{requestor.port}")
-
     def active_associations(self) -> int:
-        return len(self.server.active_associations) if self.server is not None else 0
+        return self.server.active_associations() if self.server is not None else 0
 
     # --- the server ---
 
-    def make_ae(self) -> GatewayAE:
+    def start(self) -> Server:
         g = self.settings.gateway
-        ae = configured_ae(GatewayAE(ae_title=g.ae_title), self.settings)
-        ae.maximum_associations = g.max_associations
-        ae.require_called_aet = True
-        ae.caller_rules = g.allowed_calling_aes
-        ae.add_supported_context(Verification)
-        return ae
-
-    def start(self) -> ThreadedAssociationServer:
-        g = self.settings.gateway
-        handlers = [
-            (evt.EVT_C_ECHO, self.handle_echo),
-            (evt.EVT_C_STORE, self.handle_store),
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
-            (evt.EVT_ESTABLISHED, self._association_opened),
-            (evt.EVT_REJECTED, self._association_rejected),
-        ]
-        ssl_context = server_context(self.settings.tls) if self.settings.tls.enabled else None
-        server = self.make_ae().start_server(
-            (g.host, g.port), block=False, evt_handlers=handlers,  # type: ignore[arg-type]
-            ssl_context=ssl_context,
+        rules = g.allowed_calling_aes
+        config = ServerConfig(
+            ae_title=g.ae_title, host=g.host, port=g.port, max_pdu=g.max_pdu,
+            max_associations=g.max_associations, acse_timeout=g.acse_timeout,
+            dimse_timeout=g.dimse_timeout, network_timeout=g.network_timeout,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            ssl_context=server_context(self.settings.tls) if self.settings.tls.enabled else None,
+            calling_ae_allowed=lambda title, address: caller_allowed(rules, title, address),
+            storage_sop_class=storage_sop_class,
         )
-        assert server is not None  # non-blocking start_server always returns the server
-        self.server = server
-        return server
+        self.server = Server(config, self.handle_store).start()
+        return self.server
+
+    def stop(self, timeout: float) -> None:
+        """No new associations; stores in flight are answered (within ``timeout``), then every
+        association is aborted."""
+        if self.server is not None:
+            self.server.stop(timeout)

@@ -33,9 +33,7 @@ STATE_FLUSH_SECONDS = 1.0  # bound on finishing in-flight stores and sends
 
 
 def configure_pynetdicom() -> None:
-    """pynetdicom's module-wide switches, set once at start-up."""
-    # Accept every storage SOP class, private and unknown ones too.
-    pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = True
+    """pynetdicom's module-wide switches (it sends to the destinations), set once at start-up."""
     # Send spooled files as they are, without decoding and re-encoding them.
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     # Patient data must not reach pynetdicom's own logs.
@@ -105,16 +103,8 @@ class Gateway:
     def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         log.info("stopping", pending=self.pending())
         deadline = time.monotonic() + timeout
-        server = self.receiver.server
-        if server is not None:
-            server.shutdown()  # no new associations; running ones carry on
-            # Wait for stores in flight; a connection that never became an association has none.
-            while (any(a.is_established for a in server.active_associations)
-                   and time.monotonic() < deadline):
-                time.sleep(0.05)
-            for assoc in server.active_associations:
-                if assoc.is_established:
-                    assoc.abort()
+        # No new associations; stores in flight are answered, then the associations aborted.
+        self.receiver.stop(timeout)
         self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
         self.store.close()
