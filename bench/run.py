@@ -30,11 +30,11 @@ import pydicom
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_context
+from pynetdicom.association import Association
 
 from gateway.deid.elements import read_encoded
 from gateway.deid.engine import SOP_INSTANCE_UID
 from gateway.errors import GatewayError
-from gateway.forward import guard_reactor
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = COLUMNS = 512
@@ -60,6 +60,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def guard_reactor(assoc: Association) -> None:
+    """Work around pynetdicom 3.0.4's race between send_c_store() and the reactor thread (the
+    latency run's sender is pynetdicom): the reactor polls the DIMSE queue without blocking
+    and can take the C-STORE response meant for the sender, which then waits out the DIMSE
+    timeout. A pure SCU association expects no requests from the peer, so the reactor's
+    non-blocking polls are answered with "nothing"; only the sender's blocking reads see
+    responses."""
+    dimse = assoc.dimse
+    blocking_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[None, None] | tuple[int | None, object]:
+        if not block:
+            return None, None
+        return blocking_get(block=True)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign,assignment]
 
 
 # --- data ----------------------------------------------------------------------------------------

@@ -1,15 +1,15 @@
 """Forwarding: one queue and one sender thread per destination, fed from the spool.
 
-Each sender keeps one association open while work is queued, sends batches negotiating each
-instance's own transfer syntax (bytes go out as they were spooled, never decoded), and releases
-the association when idle. Transient failures back off exponentially with jitter; permanent
-refusals and instances past the retry age become dead letters in the quarantine. A spool entry
-is deleted only when every destination has it.
+Each sender keeps one association open while work is queued (``gateway/scu.py``, in the
+sender's own thread), sends batches negotiating each instance's own transfer syntax (bytes go
+out as they were spooled, never decoded), and releases the association when idle. Transient
+failures back off exponentially with jitter; permanent refusals and instances past the retry age
+become dead letters in the quarantine. A spool entry is deleted only when every destination has
+it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import ssl
 import threading
@@ -17,22 +17,26 @@ import time
 from collections import deque
 from enum import Enum
 
-from pynetdicom import AE, build_context, evt
-from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
 from gateway import logs, metrics
-from gateway.errors import DeliveryRefused, GatewayError
+from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway.errors import DeliveryRefused, GatewayError, MalformedInstance
 from gateway.quarantine import Quarantine
-from gateway.receive import configured_ae, set_tcp_nodelay
+from gateway.scu import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    MAX_CONTEXTS,
+    Association,
+    RequestorConfig,
+    associate,
+)
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
 from gateway.tls import client_context
+from gateway.upperlayer import VERIFICATION, AssociationRejected, PeerTimeout, UpperLayerError
 
 log = logs.get_logger("forward")
 
-MAX_CONTEXTS = 128  # presentation contexts one association may propose
+NO_CONTEXT = "no accepted presentation context for its SOP class and transfer syntax"
 RESCAN_MIN_AGE = 10.0  # seconds: younger entries are still being registered by the receiver
 TRANSIENT_STATUS_PREFIX = 0xA700  # 0xA7xx: out of resources, try again later
 WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
@@ -56,25 +60,6 @@ def classify_status(status: int | None) -> Outcome:
     if status & 0xFF00 == TRANSIENT_STATUS_PREFIX:
         return Outcome.TRANSIENT
     return Outcome.REFUSED
-
-
-def guard_reactor(assoc: Association) -> None:
-    """Work around pynetdicom 3.0.4's race between send_c_store() and the reactor thread.
-
-    The reactor polls the DIMSE queue without blocking and can take the C-STORE response meant
-    for the sender, which then waits out the DIMSE timeout. A pure SCU association expects no
-    requests from the peer, so the reactor's non-blocking polls are answered with "nothing";
-    only the sender's blocking reads see responses.
-    """
-    dimse = assoc.dimse
-    blocking_get = dimse.get_msg
-
-    def get_msg(block: bool = False) -> tuple[None, None] | tuple[int | None, object]:
-        if not block:
-            return None, None
-        return blocking_get(block=True)
-
-    dimse.get_msg = get_msg  # type: ignore[method-assign,assignment]
 
 
 class Dispatcher:
@@ -243,15 +228,17 @@ class Forwarder(threading.Thread):
     def _next_batch(self) -> list[SpoolEntry] | None:
         """Wait for work (releasing an idle association); None when stopping."""
         forward = self.settings.forward
-        with self._cond:
-            while not self._stopping:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return None
                 wait = self._not_before - time.monotonic()
                 if self._queue and wait <= 0:
                     return self._take_batch(forward.batch_size)
                 timeout = wait if self._queue else forward.idle_release_seconds
-                if not self._cond.wait(timeout) and not self._queue:
-                    self._release()  # idle: give the archive its association back
-            return None
+                idle = not self._cond.wait(timeout) and not self._queue
+            if idle:  # outside the lock: the receiver's submit() must not wait for the archive
+                self._release()  # give the archive its association back
 
     def _take_batch(self, size: int) -> list[SpoolEntry]:
         batch: list[SpoolEntry] = []
@@ -310,29 +297,36 @@ class Forwarder(threading.Thread):
         return entry.age > self.settings.forward.max_retry_age_hours * 3600
 
     def _store(self, batch: list[SpoolEntry], entry: SpoolEntry) -> tuple[Outcome, str]:
-        if not entry.path.exists():
+        try:
+            dataset = entry.dataset()
+        except FileNotFoundError:
             return Outcome.SENT, "already gone"  # released or purged meanwhile
+        except MalformedInstance:
+            return Outcome.REFUSED, "the spool file is not a Part-10 file"
+        except OSError:
+            return Outcome.TRANSIENT, "spool file unreadable"
         try:
             assoc = self._association(batch)
         except NoAcceptedContext:
-            return Outcome.REFUSED, "no accepted presentation context for its SOP class and " \
-                "transfer syntax"
+            return Outcome.REFUSED, NO_CONTEXT
         if assoc is None:
             return Outcome.TRANSIENT, "no association"
+        if not assoc.accepts(entry.sop_class_uid, entry.transfer_syntax_uid):
+            return Outcome.REFUSED, NO_CONTEXT
         started = time.perf_counter()
         try:
-            response = assoc.send_c_store(entry.path)
-        except ValueError:
-            return Outcome.REFUSED, "no accepted presentation context for its SOP class and " \
-                "transfer syntax"
-        except (RuntimeError, OSError, AttributeError):
+            status: int | None = assoc.store(entry.sop_class_uid, entry.sop_instance_uid,
+                                             entry.transfer_syntax_uid, dataset)
+        except UpperLayerError as exc:  # the association is over (aborted and closed)
             self._release(abort=True)
-            return Outcome.TRANSIENT, "association lost"
-        status = getattr(response, "Status", None)
+            log.warning("association lost", destination=self.destination.name,
+                        error=type(exc).__name__)
+            if not isinstance(exc, PeerTimeout):
+                return Outcome.TRANSIENT, "association lost"
+            status = None
         outcome = classify_status(status)
-        if outcome is Outcome.TRANSIENT and status is None:
-            self._release(abort=True)
         if outcome is Outcome.SENT:
+            assert status is not None
             elapsed = time.perf_counter() - started
             metrics.FORWARD_SECONDS.labels(destination=self.destination.name).observe(elapsed)
             log.info("forwarded", sop_instance_uid=entry.sop_instance_uid,
@@ -342,9 +336,11 @@ class Forwarder(threading.Thread):
 
     def _association(self, batch: list[SpoolEntry]) -> Association | None:
         needed = frozenset((e.sop_class_uid, e.transfer_syntax_uid) for e in batch)
-        if self._assoc is not None and self._assoc.is_established and needed <= self._contexts:
-            return self._assoc
-        self._release()
+        current = self._assoc
+        alive = current is not None and current.alive()
+        if alive and needed <= self._contexts:
+            return current
+        self._release(abort=not alive)  # the peer ended it (or it never was), or new contexts
         assoc = self._open(needed)
         if assoc is None:
             return None
@@ -352,30 +348,28 @@ class Forwarder(threading.Thread):
         return assoc
 
     def _open(self, pairs: frozenset[tuple[str, str]]) -> Association | None:
-        contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in sorted(pairs)]
         d = self.destination
+        context, server_name = tls_args(self.settings, d) or (None, None)
         try:
-            assoc = configured_ae(AE(ae_title=self.settings.gateway.ae_title), self.settings).associate(
-                d.host, d.port, contexts=contexts, ae_title=d.ae_title,
-                evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
-                tls_args=tls_args(self.settings, d),
-            )
-        except (OSError, RuntimeError, ValueError):
+            assoc = associate(requestor_config(self.settings), d.host, d.port, d.ae_title,
+                              sorted(pairs), context, server_name)
+        except AssociationRejected as exc:
+            log.warning("association rejected", destination=d.name, reason=exc.describe())
             return None
-        if not assoc.is_established:
-            if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
-                raise NoAcceptedContext  # the archive takes none of these: asking again won't help
+        except UpperLayerError as exc:
+            log.warning("no association", destination=d.name, error=type(exc).__name__)
             return None
-        guard_reactor(assoc)
+        if not assoc.accepted:
+            assoc.release()
+            raise NoAcceptedContext  # the archive takes none of these: asking again won't help
         return assoc
 
     def _release(self, abort: bool = False) -> None:
         assoc, self._assoc = self._assoc, None
         self._contexts = frozenset()
-        if assoc is None or not assoc.is_established:
+        if assoc is None:
             return
-        with contextlib.suppress(OSError, RuntimeError):
-            assoc.abort() if abort else assoc.release()
+        assoc.abort() if abort else assoc.release()
 
     def _back_off(self) -> None:
         forward = self.settings.forward
@@ -418,6 +412,17 @@ class Forwarder(threading.Thread):
                         error=type(exc).__name__)
 
 
+def requestor_config(settings: Settings) -> RequestorConfig:
+    """The gateway's AE title, PDU size and timeouts, for its outbound associations."""
+    g = settings.gateway
+    return RequestorConfig(
+        ae_title=g.ae_title, max_pdu=g.max_pdu, acse_timeout=g.acse_timeout,
+        dimse_timeout=g.dimse_timeout, network_timeout=g.network_timeout,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+    )
+
+
 def tls_args(settings: Settings, destination: Destination) -> tuple[ssl.SSLContext, str] | None:
     if not destination.tls:
         return None
@@ -426,19 +431,16 @@ def tls_args(settings: Settings, destination: Destination) -> tuple[ssl.SSLConte
 
 def echo(settings: Settings, destination: Destination) -> int | None:
     """C-ECHO one destination; its status, or None if no association could be made."""
-    ae = configured_ae(AE(ae_title=settings.gateway.ae_title), settings)
+    context, server_name = tls_args(settings, destination) or (None, None)
     try:
-        assoc = ae.associate(destination.host, destination.port,
-                             contexts=[build_context(Verification)],
-                             ae_title=destination.ae_title,
-                             tls_args=tls_args(settings, destination))
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if not assoc.is_established:
+        assoc = associate(requestor_config(settings), destination.host, destination.port,
+                          destination.ae_title, [(VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)],
+                          context, server_name)
+    except UpperLayerError:
         return None
     try:
-        response = assoc.send_c_echo()
-        status = getattr(response, "Status", None)
+        return assoc.echo() if assoc.accepted else None
+    except UpperLayerError:
+        return None
     finally:
         assoc.release()
-    return None if status is None else int(status)

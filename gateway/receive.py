@@ -7,19 +7,14 @@ the sender keeps the image and tries again.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TypeVar
 
 from pydicom.uid import UID
-from pynetdicom import AE
 from pynetdicom import sop_class as pynetdicom_sop_class
-from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 
 from gateway import logs, metrics
@@ -38,16 +33,7 @@ log = logs.get_logger("receive")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 
-AE_T = TypeVar("AE_T", bound=AE)
 Spooled = Callable[[SpoolEntry, frozenset[str]], None]
-
-
-def set_tcp_nodelay(event: Event) -> None:
-    """Nagle's algorithm adds ~40 ms to each small C-STORE response: turn it off."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(frozen=True)
@@ -113,16 +99,6 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
-
-
-def configured_ae(ae: AE_T, settings: Settings) -> AE_T:
-    """The gateway's AE title, PDU size and timeouts, for receiving and sending alike."""
-    g = settings.gateway
-    ae.maximum_pdu_size = g.max_pdu
-    ae.acse_timeout = g.acse_timeout
-    ae.dimse_timeout = g.dimse_timeout
-    ae.network_timeout = g.network_timeout
-    return ae
 
 
 class Receiver:

@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from pynetdicom import _config as pynetdicom_config
-
 from gateway import logs, metrics
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward import Dispatcher
@@ -30,15 +28,6 @@ log = logs.get_logger("service")
 
 SHUTDOWN_SECONDS = 20.0
 STATE_FLUSH_SECONDS = 1.0  # bound on finishing in-flight stores and sends
-
-
-def configure_pynetdicom() -> None:
-    """pynetdicom's module-wide switches (it sends to the destinations), set once at start-up."""
-    # Send spooled files as they are, without decoding and re-encoding them.
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-    # Patient data must not reach pynetdicom's own logs.
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 @dataclass
@@ -61,7 +50,6 @@ class Gateway:
         policy = settings.policy()
         settings.prepare_data_dir()
         lock = _lock_data_dir(settings)
-        configure_pynetdicom()
         spool = Spool(settings.spool_dir).prepare(owner=True)
         store = PseudonymStore(settings.database_url)
         deliveries = Deliveries(settings.database_url)

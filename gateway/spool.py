@@ -8,6 +8,7 @@ names sort in arrival order, so a restart forwards in the order instances came i
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import threading
 import time
@@ -16,10 +17,14 @@ from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 
-from gateway.errors import StateError
+from gateway.errors import MalformedInstance, StateError
 from gateway.files import fsync_dir
 
 SUFFIX = ".dcm"
+PREAMBLE = 128
+# explicit VR little endian: these VRs have a 4-byte length after 2 reserved bytes
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                      b"UT", b"UV"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,35 @@ class SpoolEntry:
     @property
     def age(self) -> float:
         return max(0.0, time.time() - self.created)
+
+    def dataset(self) -> memoryview:
+        """The data set as it is to be sent: the file's bytes after its file meta group, mapped
+        read-only (no copy in memory, however large; unmapped when the last view is gone).
+        OSError if the file cannot be read, MalformedInstance if it is not a Part-10 file."""
+        with self.path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size < PREAMBLE + 4:
+                raise MalformedInstance("not a Part-10 file (shorter than a preamble)")
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        return part10_dataset(mapped)
+
+
+def part10_dataset(data: bytes | mmap.mmap) -> memoryview:
+    """What follows the preamble, ``DICM`` and the file meta group (group 0002, explicit VR
+    little endian) of a Part-10 file; a view, not a copy. The group's elements are walked, so
+    a missing or wrong group length (0002,0000) does not matter."""
+    if len(data) < PREAMBLE + 4 or data[PREAMBLE : PREAMBLE + 4] != b"DICM":
+        raise MalformedInstance("not a Part-10 file (no DICM after the preamble)")
+    position, end = PREAMBLE + 4, len(data)
+    while position + 8 <= end and data[position : position + 2] == b"\x02\x00":
+        if data[position + 4 : position + 6] in LONG_VRS:
+            if position + 12 > end:
+                raise MalformedInstance("the file meta group is truncated")
+            position += 12 + int.from_bytes(data[position + 8 : position + 12], "little")
+        else:
+            position += 8 + int.from_bytes(data[position + 6 : position + 8], "little")
+    if position > end or position == PREAMBLE + 4:
+        raise MalformedInstance("the file meta group is truncated or missing")
+    return memoryview(data)[position:]
 
 
 class Spool:

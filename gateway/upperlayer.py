@@ -1,4 +1,8 @@
-"""The DICOM Upper Layer (PS3.8) and the little of DIMSE (PS3.7) the gateway needs, inbound only.
+"""The DICOM Upper Layer (PS3.8) and the little of DIMSE (PS3.7) the gateway needs: the PDU and
+command set codec (both directions), a bounded PDU reader, and the server (inbound).
+
+The requestor side (our outbound associations) is ``gateway/scu.py``; it uses the codec and the
+reader from here.
 
 One thread accepts connections; each connection gets its own thread, which reads PDUs from a
 blocking socket, assembles the fragments of a DIMSE message, calls the C-STORE handler in the
@@ -14,12 +18,15 @@ What the peer sends wrongly (an unknown PDU, lengths that do not add up, a data 
 presentation context that was not accepted) is answered with A-ABORT and that connection
 alone is closed.
 
-Errors (all internal: they end one association, never the server)::
+Errors (all internal: they end one association, never the server or the sender)::
 
     UpperLayerError
-    ├── PeerClosed        the peer closed the connection (or the server is stopping)
-    ├── PeerAborted       the peer sent A-ABORT
-    └── ProtocolError     a malformed or unexpected PDU or DIMSE message; carries the A-ABORT reason
+    ├── PeerClosed          the connection was closed or broke (or the server is stopping)
+    ├── PeerAborted         the peer sent A-ABORT
+    ├── ProtocolError       a malformed or unexpected PDU or DIMSE message; carries the A-ABORT reason
+    ├── ConnectionFailed    requestor: no connection (refused, unreachable, TLS handshake failed)
+    ├── PeerTimeout         requestor: the peer did not answer within a timeout
+    └── AssociationRejected requestor: the peer sent A-ASSOCIATE-RJ (its result, source, reason)
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ VERIFICATION_TRANSFER_SYNTAXES = (
 # PDU types (PS3.8 9.3)
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
+PDU_TYPES = frozenset({A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ,
+                       A_RELEASE_RP, A_ABORT})
 MAX_ASSOCIATE_RQ_LENGTH = 1 << 20  # far beyond 128 contexts with a dozen transfer syntaxes each
 
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4
@@ -61,6 +70,14 @@ REJECT_REASONS = {
     REJECT_CALLING_AE: "calling AE title not recognized",
     REJECT_CALLED_AE: "called AE title not recognized",
     REJECT_LOCAL_LIMIT: "local limit exceeded",
+}
+REJECT_SOURCES = {0x01: "service-user", 0x02: "service-provider (ACSE)",
+                  0x03: "service-provider (presentation)"}
+REJECT_REASON_TEXT = {  # (source, reason)
+    (0x01, 0x01): "no reason given", (0x01, 0x02): "application context name not supported",
+    (0x01, 0x03): "calling AE title not recognized", (0x01, 0x07): "called AE title not recognized",
+    (0x02, 0x01): "no reason given", (0x02, 0x02): "protocol version not supported",
+    (0x03, 0x01): "temporary congestion", (0x03, 0x02): "local limit exceeded",
 }
 
 # A-ABORT source and reason, PS3.8 9.3.8
@@ -75,7 +92,8 @@ CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 
 # DIMSE (PS3.7): command fields, the "no data set" marker, statuses
 C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ, RESPONSE_BIT = 0x0001, 0x0030, 0x0FFF, 0x8000
-NO_DATA_SET = 0x0101
+NO_DATA_SET, DATA_SET_FOLLOWS = 0x0101, 0x0000  # CommandDataSetType: any value but 0x0101 says one follows
+PRIORITY_MEDIUM = 0x0000
 SUCCESS = 0x0000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 UNRECOGNIZED_OPERATION = 0x0211
@@ -85,12 +103,12 @@ PROCESSING_FAILURE = 0xC211  # the store handler raised (pynetdicom answers the 
 # Command set elements (group 0000)
 AFFECTED_SOP_CLASS_UID, REQUESTED_SOP_CLASS_UID = 0x0002, 0x0003
 COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_RESPONDED_TO = 0x0100, 0x0110, 0x0120
-COMMAND_DATA_SET_TYPE, STATUS = 0x0800, 0x0900
+PRIORITY, COMMAND_DATA_SET_TYPE, STATUS = 0x0700, 0x0800, 0x0900
 AFFECTED_SOP_INSTANCE_UID, REQUESTED_SOP_INSTANCE_UID = 0x1000, 0x1001
 
 _PDU_HEADER = struct.Struct(">BxI")
 _ITEM_HEADER = struct.Struct(">BxH")
-_PDV_HEADER = struct.Struct(">IBB")
+PDV_HEADER = struct.Struct(">IBB")
 _COMMAND_ELEMENT = struct.Struct("<HHI")
 READ_BUFFER = 256 * 1024
 
@@ -113,6 +131,33 @@ class ProtocolError(UpperLayerError):
     def __init__(self, message: str, reason: int = REASON_INVALID_PARAMETER) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ConnectionFailed(UpperLayerError):
+    """No connection to the peer: refused, unreachable, or the TLS handshake failed."""
+
+
+class PeerTimeout(UpperLayerError):
+    """The peer did not answer (or stopped reading) within a timeout."""
+
+
+class AssociationRejected(UpperLayerError):
+    """The peer sent A-ASSOCIATE-RJ."""
+
+    def __init__(self, result: int, source: int, reason: int) -> None:
+        self.result, self.source, self.reason = result, source, reason
+        super().__init__(self.describe())
+
+    @property
+    def permanent(self) -> bool:
+        return self.result == 0x01
+
+    def describe(self) -> str:
+        """Result, source and reason in words (PS3.8 9.3.4), for logs."""
+        kind = "permanent" if self.permanent else "transient"
+        source = REJECT_SOURCES.get(self.source, f"source {self.source}")
+        reason = REJECT_REASON_TEXT.get((self.source, self.reason), f"reason {self.reason}")
+        return f"{kind}, {source}: {reason}"
 
 
 # --- PDUs: bytes <-> values, no I/O ---------------------------------------------------------------
@@ -187,23 +232,72 @@ def parse_associate_rq(body: bytes) -> AssociateRequest:
                     transfer.append(_text(sub_value))
             contexts.append(ProposedContext(value[0], abstract, tuple(transfer)))
         elif kind == 0x50:
-            for sub, sub_value in _items(value, 0, len(value)):
-                if sub == 0x51:
-                    if len(sub_value) != 4:
-                        raise ProtocolError("maximum length sub-item is not 4 bytes")
-                    max_pdu = int.from_bytes(sub_value, "big")
-                elif sub == 0x52:
-                    class_uid = _text(sub_value)
-                elif sub == 0x55:
-                    version_name = _text(sub_value)
-                # role selection, extended negotiation, user identity, asynchronous operations
-                # window: not answered (one operation at a time, default roles)
+            # role selection, extended negotiation, user identity, asynchronous operations
+            # window: not answered (one operation at a time, default roles)
+            max_pdu, class_uid, version_name = _user_information(value)
     return AssociateRequest(
         called_ae=_text(body[4:20]), calling_ae=_text(body[20:36]),
         called_ae_field=body[4:20], calling_ae_field=body[20:36],
         application_context=application_context, contexts=tuple(contexts), max_pdu=max_pdu,
         implementation_class_uid=class_uid, implementation_version_name=version_name,
     )
+
+
+def _user_information(value: bytes) -> tuple[int, str, str]:
+    """Maximum length (0 when absent: no limit), implementation class UID and version name."""
+    max_pdu, class_uid, version_name = 0, "", ""
+    for sub, sub_value in _items(value, 0, len(value)):
+        if sub == 0x51:
+            if len(sub_value) != 4:
+                raise ProtocolError("maximum length sub-item is not 4 bytes")
+            max_pdu = int.from_bytes(sub_value, "big")
+        elif sub == 0x52:
+            class_uid = _text(sub_value)
+        elif sub == 0x55:
+            version_name = _text(sub_value)
+    return max_pdu, class_uid, version_name
+
+
+@dataclass(frozen=True)
+class AssociateAccept:
+    """What an A-ASSOCIATE-AC says: each proposed context's result, and the peer's limit."""
+
+    contexts: tuple[ContextResult, ...]  # abstract_syntax is not sent back: ""
+    max_pdu: int = 0  # the most the peer receives in one P-DATA-TF (variable field); 0: no limit
+    implementation_class_uid: str = ""
+    implementation_version_name: str = ""
+
+
+def parse_associate_ac(body: bytes) -> AssociateAccept:
+    """The variable part of an A-ASSOCIATE-AC PDU (after the 6-byte PDU header)."""
+    if len(body) < 68:
+        raise ProtocolError("A-ASSOCIATE-AC shorter than its fixed fields")
+    contexts: list[ContextResult] = []
+    max_pdu, class_uid, version_name = 0, "", ""
+    for kind, value in _items(body, 68, len(body)):
+        if kind == 0x21:
+            if len(value) < 4:
+                raise ProtocolError("presentation context item too short")
+            syntax = ""
+            for sub, sub_value in _items(value, 4, len(value)):
+                if sub == 0x40:
+                    syntax = _text(sub_value)
+            contexts.append(ContextResult(value[0], value[2], syntax))
+        elif kind == 0x50:
+            max_pdu, class_uid, version_name = _user_information(value)
+    return AssociateAccept(tuple(contexts), max_pdu, class_uid, version_name)
+
+
+def parse_associate_rj(body: bytes) -> tuple[int, int, int]:
+    """Result, source and reason of an A-ASSOCIATE-RJ."""
+    if len(body) < 4:
+        raise ProtocolError("A-ASSOCIATE-RJ shorter than its fields")
+    return body[1], body[2], body[3]
+
+
+def parse_abort(body: bytes) -> tuple[int, int]:
+    """Source and reason of an A-ABORT (zeros if it is too short to say)."""
+    return (body[2], body[3]) if len(body) >= 4 else (0, 0)
 
 
 def _pdu(kind: int, body: bytes) -> bytes:
@@ -214,6 +308,36 @@ def _item(kind: int, value: bytes) -> bytes:
     return _ITEM_HEADER.pack(kind, len(value)) + value
 
 
+def _ae_field(ae_title: str) -> bytes:
+    return ae_title.encode("ascii").ljust(16)[:16]
+
+
+def _user_information_item(max_pdu: int, implementation_class_uid: str,
+                           implementation_version_name: str) -> bytes:
+    return _item(0x50, _item(0x51, min(max_pdu, 0xFFFFFFFF).to_bytes(4, "big"))
+                 + _item(0x52, implementation_class_uid.encode("ascii"))
+                 + _item(0x55, implementation_version_name.encode("ascii")))
+
+
+def encode_associate_rq(
+    called_ae: str,
+    calling_ae: str,
+    contexts: Sequence[ProposedContext],
+    max_pdu: int,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    fixed = b"\x00\x01\x00\x00" + _ae_field(called_ae) + _ae_field(calling_ae) + bytes(32)
+    items = b"".join(
+        _item(0x20, bytes((cx.id, 0, 0, 0)) + _item(0x30, cx.abstract_syntax.encode("ascii"))
+              + b"".join(_item(0x40, ts.encode("ascii")) for ts in cx.transfer_syntaxes))
+        for cx in contexts
+    )
+    user = _user_information_item(max_pdu, implementation_class_uid, implementation_version_name)
+    return _pdu(A_ASSOCIATE_RQ,
+                fixed + _item(0x10, APPLICATION_CONTEXT.encode("ascii")) + items + user)
+
+
 def encode_associate_ac(
     rq: AssociateRequest,
     ae_title: str,
@@ -222,15 +346,12 @@ def encode_associate_ac(
     implementation_class_uid: str,
     implementation_version_name: str,
 ) -> bytes:
-    fixed = (b"\x00\x01\x00\x00" + ae_title.encode("ascii").ljust(16)[:16]
-             + rq.calling_ae_field + bytes(32))
+    fixed = b"\x00\x01\x00\x00" + _ae_field(ae_title) + rq.calling_ae_field + bytes(32)
     contexts = b"".join(
         _item(0x21, bytes((r.id, 0, r.result, 0)) + _item(0x40, r.transfer_syntax.encode("ascii")))
         for r in results
     )
-    user = _item(0x50, _item(0x51, min(max_pdu, 0xFFFFFFFF).to_bytes(4, "big"))
-                 + _item(0x52, implementation_class_uid.encode("ascii"))
-                 + _item(0x55, implementation_version_name.encode("ascii")))
+    user = _user_information_item(max_pdu, implementation_class_uid, implementation_version_name)
     return _pdu(A_ASSOCIATE_AC,
                 fixed + _item(0x10, APPLICATION_CONTEXT.encode("ascii")) + contexts + user)
 
@@ -243,18 +364,27 @@ def encode_abort(source: int, reason: int) -> bytes:
     return _pdu(A_ABORT, bytes((0, 0, source, reason)))
 
 
+RELEASE_RQ = _pdu(A_RELEASE_RQ, bytes(4))
 RELEASE_RP = _pdu(A_RELEASE_RP, bytes(4))
+PDV_OVERHEAD = 6  # the PDV item's length, context ID and message control header
+
+
+def p_data_header(context_id: int, length: int, command: bool, last: bool) -> bytes:
+    """The P-DATA-TF PDU header and PDV header for one fragment of ``length`` bytes, alone in
+    its PDU: the 12 bytes to send before the fragment itself."""
+    flags = (0x01 if command else 0x00) | (0x02 if last else 0x00)
+    return (_PDU_HEADER.pack(P_DATA_TF, length + PDV_OVERHEAD)
+            + PDV_HEADER.pack(length + 2, context_id, flags))
 
 
 def p_data_tf(context_id: int, command: bytes, max_pdu: int) -> bytes:
     """A command set as P-DATA-TF PDUs no longer than the peer's ``max_pdu`` (0: no limit)."""
-    room = max(max_pdu - 6, 1) if max_pdu else len(command)
+    room = max(max_pdu - PDV_OVERHEAD, 1) if max_pdu else len(command)
     pdus = []
     for start in range(0, len(command), room):
         fragment = command[start : start + room]
         last = start + room >= len(command)
-        pdv = _PDV_HEADER.pack(len(fragment) + 2, context_id, 0x03 if last else 0x01) + fragment
-        pdus.append(_pdu(P_DATA_TF, pdv))
+        pdus.append(p_data_header(context_id, len(fragment), True, last) + fragment)
     return b"".join(pdus)
 
 
@@ -301,6 +431,26 @@ def _ui(uid: str) -> bytes:
 def encode_command(elements: dict[int, bytes]) -> bytes:
     body = b"".join(_COMMAND_ELEMENT.pack(0, e, len(v)) + v for e, v in sorted(elements.items()))
     return _COMMAND_ELEMENT.pack(0, 0, 4) + len(body).to_bytes(4, "little") + body
+
+
+def c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    return encode_command({
+        AFFECTED_SOP_CLASS_UID: _ui(sop_class_uid),
+        COMMAND_FIELD: _us(C_STORE_RQ),
+        MESSAGE_ID: _us(message_id),
+        PRIORITY: _us(PRIORITY_MEDIUM),
+        COMMAND_DATA_SET_TYPE: _us(DATA_SET_FOLLOWS),
+        AFFECTED_SOP_INSTANCE_UID: _ui(sop_instance_uid),
+    })
+
+
+def c_echo_rq(message_id: int) -> bytes:
+    return encode_command({
+        AFFECTED_SOP_CLASS_UID: _ui(VERIFICATION),
+        COMMAND_FIELD: _us(C_ECHO_RQ),
+        MESSAGE_ID: _us(message_id),
+        COMMAND_DATA_SET_TYPE: _us(NO_DATA_SET),
+    })
 
 
 def response_command(request: Command, status: int) -> bytes | None:
@@ -388,7 +538,7 @@ def negotiate(
     return results
 
 
-class _Reader:
+class PduReader:
     """Reads PDUs from a blocking socket through one reused buffer (few system calls), each
     wait bounded by ``timeout`` or, when set, by ``deadline``."""
 
@@ -427,6 +577,17 @@ class _Reader:
             if not received:
                 raise PeerClosed("connection closed")
             self.end += received
+
+    def pdu_header(self) -> tuple[int, int]:
+        """The next PDU's type and length; a ProtocolError for a type PS3.8 does not define."""
+        kind, length = _PDU_HEADER.unpack(self.take(6))
+        if kind not in PDU_TYPES:
+            raise ProtocolError(f"unrecognized PDU type 0x{kind:02X}", REASON_UNRECOGNIZED_PDU)
+        return kind, length
+
+    def buffered(self) -> int:
+        """Bytes received and not yet taken."""
+        return self.end - self.start
 
     def take(self, n: int) -> memoryview:
         """The next ``n`` bytes (a header), valid until the next read."""
@@ -468,7 +629,7 @@ class _Association:
     def __init__(self, server: Server, sock: socket.socket, address: str, port: int) -> None:
         self.server = server
         self.sock = sock
-        self.reader = _Reader(sock)
+        self.reader = PduReader(sock)
         self.address = address
         self.port = port
         self.peer = f"{address}:{port}"
@@ -534,18 +695,11 @@ class _Association:
             return False
         return True
 
-    def _read_pdu_header(self) -> tuple[int, int]:
-        kind, length = _PDU_HEADER.unpack(self.reader.take(6))
-        if kind not in (A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF,
-                        A_RELEASE_RQ, A_RELEASE_RP, A_ABORT):
-            raise ProtocolError(f"unrecognized PDU type 0x{kind:02X}", REASON_UNRECOGNIZED_PDU)
-        return kind, length
-
     def _associate(self) -> bool:
         config = self.server.config
         reader = self.reader
         reader.deadline = time.monotonic() + config.acse_timeout
-        kind, length = self._read_pdu_header()
+        kind, length = self.reader.pdu_header()
         if kind != A_ASSOCIATE_RQ:
             raise ProtocolError("expected A-ASSOCIATE-RQ", REASON_UNEXPECTED_PDU)
         if length > MAX_ASSOCIATE_RQ_LENGTH:
@@ -580,7 +734,7 @@ class _Association:
         message: _Message | None = None
         while True:
             self.reader.set_timeout(config.dimse_timeout if message else config.network_timeout)
-            kind, length = self._read_pdu_header()
+            kind, length = self.reader.pdu_header()
             if kind == P_DATA_TF:
                 message = self._p_data(length, message)
             elif kind == A_RELEASE_RQ:
@@ -598,7 +752,7 @@ class _Association:
         while length:
             if length < 6:
                 raise ProtocolError("P-DATA-TF length does not match its PDVs")
-            item_length, context_id, header = _PDV_HEADER.unpack(reader.take(6))
+            item_length, context_id, header = PDV_HEADER.unpack(reader.take(6))
             if item_length < 2 or item_length + 4 > length:
                 raise ProtocolError("PDV length does not fit its PDU")
             length -= item_length + 4

@@ -1,0 +1,390 @@
+"""The association requestor: the gateway's outbound associations (C-STORE and C-ECHO SCU).
+
+An association belongs to the thread that opened it (a forwarder): it writes a request, then
+reads its response on a blocking socket, one operation at a time. Nothing runs in the
+background and nothing polls. The PDU and command set codec and the PDU reader are those of
+``gateway/upperlayer.py``. Every wait on the peer is bounded:
+
+- ``acse_timeout``: connecting, the TLS handshake and the A-ASSOCIATE-AC, all together; the
+  A-RELEASE-RP;
+- ``dimse_timeout``: the response to a request, counted from the end of the request;
+- ``network_timeout``: each write (a peer that stops reading).
+
+Data sets go out as they are, never decoded: fragments of the caller's buffer (memoryview
+slices, no copies) within the peer's maximum PDU length, each written together with its
+12-byte header in one system call (``sendmsg``; through TLS, one record).
+
+Any failure (a timeout, a broken connection, A-ABORT from the peer, an answer that makes no
+sense) aborts the association (A-ABORT sent if the connection still takes it), closes the socket
+and raises one of the UpperLayerError classes listed in ``gateway/upperlayer.py``: the
+association cannot be used after that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from gateway.upperlayer import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_RELEASE_RP,
+    ABORT_SERVICE_USER,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    CONTEXT_ACCEPTED,
+    MAX_ASSOCIATE_RQ_LENGTH,
+    MESSAGE_ID_RESPONDED_TO,
+    NO_DATA_SET,
+    P_DATA_TF,
+    PDV_HEADER,
+    PDV_OVERHEAD,
+    REASON_NOT_SPECIFIED,
+    REASON_UNEXPECTED_PDU,
+    RELEASE_RQ,
+    RESPONSE_BIT,
+    STATUS,
+    VERIFICATION,
+    AssociationRejected,
+    Command,
+    ConnectionFailed,
+    PduReader,
+    PeerAborted,
+    PeerClosed,
+    PeerTimeout,
+    ProposedContext,
+    ProtocolError,
+    UpperLayerError,
+    c_echo_rq,
+    c_store_rq,
+    command_us,
+    decode_command,
+    encode_abort,
+    encode_associate_rq,
+    p_data_header,
+    p_data_tf,
+    parse_abort,
+    parse_associate_ac,
+    parse_associate_rj,
+)
+
+MAX_CONTEXTS = 128  # presentation context IDs are the odd numbers 1-255
+FRAGMENT = 1 << 20  # data set bytes per PDV at most (also when the peer sets no limit)
+ABORT_TIMEOUT = 1.0  # seconds: A-ABORT is a courtesy, never worth a long wait
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+
+Pair = tuple[str, str]  # (SOP class UID, transfer syntax UID): one presentation context
+
+
+@dataclass(frozen=True)
+class RequestorConfig:
+    ae_title: str  # ours: the calling AE title
+    max_pdu: int = 0  # what we announce we receive; 0: no limit
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    implementation_class_uid: str = ""
+    implementation_version_name: str = ""
+
+
+def associate(
+    config: RequestorConfig,
+    host: str,
+    port: int,
+    called_ae: str,
+    pairs: Sequence[Pair],
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Association:
+    """An association with ``called_ae`` at ``host:port``, proposing one presentation context
+    per (SOP class, transfer syntax) pair (at most MAX_CONTEXTS).
+
+    The association may come back with none of the pairs accepted: see ``accepted``. Raises
+    ConnectionFailed, PeerTimeout, AssociationRejected, PeerAborted, PeerClosed or ProtocolError.
+    """
+    if not 0 < len(pairs) <= MAX_CONTEXTS:
+        raise ValueError(f"an association proposes 1 to {MAX_CONTEXTS} presentation contexts")
+    proposed = [ProposedContext(2 * index + 1, sop_class, (syntax,))
+                for index, (sop_class, syntax) in enumerate(pairs)]
+    deadline = time.monotonic() + config.acse_timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=config.acse_timeout)
+    except TimeoutError as exc:
+        raise PeerTimeout("no connection within the ACSE timeout") from exc
+    except OSError as exc:
+        raise ConnectionFailed(f"cannot connect ({exc.strerror or type(exc).__name__})") from exc
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            sock = _tls(sock, ssl_context, server_hostname or host, deadline)
+        reader = PduReader(sock)
+        reader.deadline = deadline
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.sendall(encode_associate_rq(called_ae, config.ae_title, proposed, config.max_pdu,
+                                         config.implementation_class_uid,
+                                         config.implementation_version_name))
+        kind, length = reader.pdu_header()
+        if length > MAX_ASSOCIATE_RQ_LENGTH:
+            raise ProtocolError("association answer too long")
+        body = reader.read(length)
+        reader.deadline = None
+        if kind == A_ASSOCIATE_RJ:
+            raise AssociationRejected(*parse_associate_rj(body))
+        if kind == A_ABORT:
+            raise _aborted(body)
+        if kind != A_ASSOCIATE_AC:
+            raise ProtocolError(f"PDU type 0x{kind:02X} instead of an association answer",
+                                REASON_UNEXPECTED_PDU)
+        accept = parse_associate_ac(body)
+    except BaseException as exc:
+        if isinstance(exc, ProtocolError):
+            _send_abort(sock, ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+        sock.close()
+        if isinstance(exc, TimeoutError):
+            raise PeerTimeout("no association answer within the ACSE timeout") from exc
+        if isinstance(exc, OSError) and not isinstance(exc, UpperLayerError):
+            raise PeerClosed(f"connection lost while associating ({type(exc).__name__})") from exc
+        raise
+    by_id = {cx.id: cx for cx in proposed}
+    accepted: dict[Pair, int] = {}
+    for result in accept.contexts:
+        cx = by_id.get(result.id)
+        # the transfer syntax must be the one proposed: the data set is sent as it is
+        if (cx is not None and result.result == CONTEXT_ACCEPTED
+                and result.transfer_syntax == cx.transfer_syntaxes[0]):
+            accepted[(cx.abstract_syntax, result.transfer_syntax)] = result.id
+    return Association(sock, reader, config, accepted, accept.max_pdu)
+
+
+def _tls(sock: socket.socket, context: ssl.SSLContext, server_hostname: str,
+         deadline: float) -> ssl.SSLSocket:
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
+    try:
+        return context.wrap_socket(sock, server_hostname=server_hostname)
+    except ssl.SSLError as exc:  # a timeout is not one: it becomes PeerTimeout
+        raise ConnectionFailed(f"TLS handshake failed ({type(exc).__name__})") from exc
+
+
+def _aborted(body: bytes) -> PeerAborted:
+    source, reason = parse_abort(body)
+    return PeerAborted(f"A-ABORT (source {source}, reason {reason})")
+
+
+def _send_abort(sock: socket.socket, source: int, reason: int) -> None:
+    with contextlib.suppress(OSError):
+        sock.settimeout(ABORT_TIMEOUT)
+        sock.sendall(encode_abort(source, reason))
+
+
+class Association:
+    """An established association; made by ``associate``."""
+
+    def __init__(self, sock: socket.socket, reader: PduReader, config: RequestorConfig,
+                 accepted: dict[Pair, int], peer_max_pdu: int) -> None:
+        self._sock = sock
+        self._reader = reader
+        self._config = config
+        self._accepted = accepted
+        self._context_ids = frozenset(accepted.values())
+        self.peer_max_pdu = peer_max_pdu  # 0: no limit
+        room = peer_max_pdu - PDV_OVERHEAD if peer_max_pdu else FRAGMENT
+        self._fragment = max(1, min(room, FRAGMENT))
+        self._tls = sock if isinstance(sock, ssl.SSLSocket) else None
+        self._message_id = 0
+        self.closed = False
+
+    @property
+    def accepted(self) -> frozenset[Pair]:
+        """The (SOP class, transfer syntax) pairs the peer accepted."""
+        return frozenset(self._accepted)
+
+    def accepts(self, sop_class_uid: str, transfer_syntax: str) -> bool:
+        return (sop_class_uid, transfer_syntax) in self._accepted
+
+    def alive(self) -> bool:
+        """Open, and nothing arrived from the peer since the last response. An idle peer sends
+        nothing; when it has sent something (A-ABORT, A-RELEASE-RQ, end of stream), the
+        association is over and must not be used."""
+        if self.closed:
+            return False
+        if self._reader.buffered() or (self._tls is not None and self._tls.pending()):
+            return False
+        poller = select.poll()
+        try:
+            poller.register(self._sock, select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return False
+
+    # --- DIMSE ---
+
+    def store(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+              dataset: bytes | bytearray | memoryview) -> int:
+        """C-STORE ``dataset`` (encoded in ``transfer_syntax``, sent as it is); the response's
+        status. A ValueError if the pair was not accepted."""
+        context_id = self._context_id(sop_class_uid, transfer_syntax)
+        message_id = self._next_message_id()
+        with self._ending_on_failure():
+            self._write(p_data_tf(context_id, c_store_rq(message_id, sop_class_uid,
+                                                         sop_instance_uid), self.peer_max_pdu))
+            self._write_dataset(context_id, memoryview(dataset))
+            return self._response_status(message_id, C_STORE_RQ)
+
+    def echo(self) -> int:
+        """C-ECHO; the response's status. A ValueError if Verification was not accepted."""
+        context_id = next((cid for (sop_class, _), cid in self._accepted.items()
+                           if sop_class == VERIFICATION), None)
+        if context_id is None:
+            raise ValueError("Verification was not accepted")
+        message_id = self._next_message_id()
+        with self._ending_on_failure():
+            self._write(p_data_tf(context_id, c_echo_rq(message_id), self.peer_max_pdu))
+            return self._response_status(message_id, C_ECHO_RQ)
+
+    # --- ending ---
+
+    def release(self) -> None:
+        """A-RELEASE-RQ and its A-RELEASE-RP (within the ACSE timeout); A-ABORT if the peer
+        answers anything else or nothing. Never raises."""
+        if self.closed:
+            return
+        reader = self._reader
+        try:
+            self._write(RELEASE_RQ)
+            reader.deadline = time.monotonic() + self._config.acse_timeout
+            kind, length = reader.pdu_header()
+            if kind == A_ABORT:
+                self._close()
+                return
+            if kind != A_RELEASE_RP or length != 4:
+                raise ProtocolError("expected A-RELEASE-RP", REASON_UNEXPECTED_PDU)
+            reader.read(length)
+        except (UpperLayerError, OSError):
+            self.abort()
+            return
+        self._close()
+
+    def abort(self) -> None:
+        """A-ABORT (if the connection takes it within a second) and close. Never raises."""
+        if self.closed:
+            return
+        _send_abort(self._sock, ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    # --- the wire ---
+
+    def _context_id(self, sop_class_uid: str, transfer_syntax: str) -> int:
+        context_id = self._accepted.get((sop_class_uid, transfer_syntax))
+        if context_id is None:
+            raise ValueError("no accepted presentation context for this SOP class and "
+                             "transfer syntax")
+        if self.closed:
+            raise PeerClosed("the association has ended")
+        return context_id
+
+    def _next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    @contextlib.contextmanager
+    def _ending_on_failure(self) -> Iterator[None]:
+        """Whatever goes wrong ends the association: abort, close, raise an UpperLayerError."""
+        try:
+            yield
+        except (PeerAborted, PeerClosed):
+            self._close()
+            raise
+        except UpperLayerError:
+            self.abort()
+            raise
+        except TimeoutError as exc:
+            self.abort()
+            raise PeerTimeout("the peer did not answer (or read) in time") from exc
+        except OSError as exc:
+            self._close()
+            raise PeerClosed(f"connection lost ({type(exc).__name__})") from exc
+
+    def _write(self, data: bytes) -> None:
+        self._reader.set_timeout(self._config.network_timeout)
+        self._sock.sendall(data)
+
+    def _write_dataset(self, context_id: int, dataset: memoryview) -> None:
+        """``dataset`` as data PDVs, one per P-DATA-TF, each within the peer's limit."""
+        self._reader.set_timeout(self._config.network_timeout)
+        sock, room, total = self._sock, self._fragment, len(dataset)
+        start = 0
+        while True:
+            end = min(start + room, total)
+            header = p_data_header(context_id, end - start, command=False, last=end == total)
+            chunk = dataset[start:end]
+            if self._tls is None:
+                sent = sock.sendmsg((header, chunk))
+                if sent < len(header) + len(chunk):  # the socket buffer was full: finish it
+                    if sent < len(header):
+                        sock.sendall(header[sent:])
+                        sent = len(header)
+                    sock.sendall(chunk[sent - len(header):])
+            else:
+                sock.sendall(header + chunk)  # one TLS record, not a tiny one for the header
+            if end == total:
+                return
+            start = end
+
+    def _response_status(self, message_id: int, request: int) -> int:
+        reader = self._reader
+        reader.deadline = time.monotonic() + self._config.dimse_timeout
+        try:
+            command = self._read_command()
+        finally:
+            reader.deadline = None
+        if command_us(command, COMMAND_FIELD) != request | RESPONSE_BIT:
+            raise ProtocolError("a response to another kind of request")
+        if command_us(command, MESSAGE_ID_RESPONDED_TO) != message_id:
+            raise ProtocolError("a response to another message")
+        if command_us(command, COMMAND_DATA_SET_TYPE) != NO_DATA_SET:
+            raise ProtocolError("a response with a data set")
+        status = command_us(command, STATUS)
+        if status is None:
+            raise ProtocolError("a response without a status")
+        return status
+
+    def _read_command(self) -> Command:
+        """The next message, which must be a command set alone (a response)."""
+        reader = self._reader
+        command = bytearray()
+        while True:
+            kind, length = reader.pdu_header()
+            if kind == A_ABORT:
+                raise _aborted(reader.read(length) if length == 4 else b"")
+            if kind != P_DATA_TF:
+                raise ProtocolError(f"unexpected PDU type 0x{kind:02X}", REASON_UNEXPECTED_PDU)
+            while length:
+                if length < 6:
+                    raise ProtocolError("P-DATA-TF length does not match its PDVs")
+                item_length, context_id, flags = PDV_HEADER.unpack(reader.take(6))
+                if item_length < 2 or item_length + 4 > length:
+                    raise ProtocolError("PDV length does not fit its PDU")
+                length -= item_length + 4
+                if context_id not in self._context_ids:
+                    raise ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+                if not flags & 0x01:
+                    raise ProtocolError("a data set where a response was expected")
+                reader.append_to(command, item_length - 2)
+                if flags & 0x02:
+                    if length:
+                        raise ProtocolError("more PDVs after the response")
+                    return decode_command(command)
