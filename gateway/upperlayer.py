@@ -4,7 +4,7 @@ command set codec (both directions), a bounded PDU reader, and the server (inbou
 The requestor side (our outbound associations) is ``gateway/scu.py``; it uses the codec and the
 reader from here.
 
-One thread accepts connections; each connection gets its own thread, which reads PDUs from a
+The server: one thread accepts connections; each connection gets its own thread, which reads PDUs from a
 blocking socket, assembles the fragments of a DIMSE message, calls the C-STORE handler in the
 same thread and writes the response. No polling, no queues, no state machine beyond what one
 association of one operation at a time needs. Every wait on the peer is bounded:
