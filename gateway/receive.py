@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 
 from gateway import logs, metrics
+from gateway.deid.elements import PREAMBLE, file_meta
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
@@ -86,29 +86,11 @@ def storage_sop_class(uid: str) -> bool:
             or not hasattr(pynetdicom_sop_class, u.keyword))
 
 
-def _explicit_le(tag: int, vr: bytes, value: bytes) -> bytes:
-    """One short-VR element, explicit VR little endian."""
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-
-
-def _even(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and the file meta group for a data set received by C-STORE (the
-    bytes pynetdicom's ``encoded_dataset(include_meta=True)`` put before the data set)."""
-    elements = b"".join((
-        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
-        _explicit_le(0x00020002, b"UI", _even(sop_class_uid, b"\x00")),
-        _explicit_le(0x00020003, b"UI", _even(sop_instance_uid, b"\x00")),
-        _explicit_le(0x00020010, b"UI", _even(transfer_syntax, b"\x00")),
-        _explicit_le(0x00020012, b"UI", _even(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _explicit_le(0x00020013, b"SH", _even(IMPLEMENTATION_VERSION_NAME, b" ")),
-    ))
-    group_length = _explicit_le(0x00020000, b"UL", struct.pack("<I", len(elements)))
-    return bytes(128) + b"DICM" + group_length + elements
+    """Preamble, ``DICM`` and the file meta group for a data set received by C-STORE."""
+    meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, IMPLEMENTATION_CLASS_UID,
+                     IMPLEMENTATION_VERSION_NAME)
+    return bytes(PREAMBLE) + b"DICM" + meta
 
 
 def _ms(started: float) -> float:
@@ -154,12 +136,8 @@ class Receiver:
         calling_ae = request.calling_ae
         peer = f"{request.address}:{request.port}"
         source = f"{calling_ae}@{peer}"
-        try:
-            data = part10_header(request.sop_class_uid, request.sop_instance_uid,
-                                 request.transfer_syntax) + request.dataset
-        except UnicodeEncodeError as exc:
-            return self._quarantine(bytes(request.dataset), source, calling_ae, MalformedInstance(
-                f"cannot read the C-STORE request ({type(exc).__name__})"))
+        data = part10_header(request.sop_class_uid, request.sop_instance_uid,
+                             request.transfer_syntax) + request.dataset
         log.info("received", calling_ae=calling_ae, peer=peer, size=len(data))
         metrics.RECEIVED_BYTES.inc(len(data))
         try:
