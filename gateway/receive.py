@@ -159,14 +159,22 @@ class Receiver:
         result = clean.result
         routing = Routing(result.modality, result.sop_class_uid, calling_ae)
         excluded = routing.excluded_from(self.settings.destinations)
+        counts = {(RECEIVED, ""): 1}
+        counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
+        # The map (with the counts) is committed while the spool file is written: both are
+        # durable before the answer.
+        mapped = self.store.record_later(result.pseudonyms, counts)
         try:
-            entry = self.spool.put(clean.data, result.sop_class_uid, result.transfer_syntax_uid,
-                                   clean.sop_instance_uid)
-            if excluded:  # before the count: a restart must never send it there
-                self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
-            counts = {(RECEIVED, ""): 1}
-            counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
-            self.store.record(clean.result.pseudonyms, counts)
+            try:
+                entry = self.spool.put(clean.data, result.sop_class_uid,
+                                       result.transfer_syntax_uid, clean.sop_instance_uid)
+                if excluded:  # a restart must never send it there
+                    self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
+            except (StateError, OSError):
+                mapped.wait()
+                self._uncount(counts)  # not persisted: the sender keeps it and sends it again
+                raise
+            mapped.wait()
         except (StateError, OSError) as exc:
             log.error("not persisted", sop_instance_uid=clean.sop_instance_uid,
                       error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
@@ -179,6 +187,12 @@ class Receiver:
             metrics.FILTERED.labels(destination=name).inc()
         self.on_spooled(entry, excluded)
         return SUCCESS
+
+    def _uncount(self, counts: dict[tuple[str, str], int]) -> None:
+        try:
+            self.store.record([], {key: -value for key, value in counts.items()})
+        except StateError as exc:
+            log.warning("received count not corrected", error=type(exc).__name__)
 
     def _quarantine(self, data: bytes, source: str, calling_ae: str, error: InstanceError) -> int:
         try:
