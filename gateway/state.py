@@ -140,17 +140,21 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-def _upsert_for(dialect: str) -> Any:
-    """The dialect's INSERT that can turn a duplicate into an update, if it has one."""
+def _upsert_statement(dialect: str) -> Any:
+    """The dialect's INSERT of map rows that turns a duplicate into an update (adding to its
+    count), if the dialect has one."""
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
-        return postgresql_insert
-    return None
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    else:
+        return None
+    statement = insert(PSEUDONYMS)
+    return statement.on_conflict_do_update(
+        index_elements=["kind", "original"],
+        set_={"count": PSEUDONYMS.c.count + statement.excluded.count,
+              "last_seen": statement.excluded.last_seen},
+    )
 
 
 def _now() -> datetime:
@@ -196,7 +200,7 @@ class PseudonymStore:
 
     def __init__(self, url: str) -> None:
         self.engine = open_engine(url)
-        self._upsert = _upsert_for(self.engine.dialect.name)
+        self._upsert = _upsert_statement(self.engine.dialect.name)
         self._lock = threading.Lock()
         self._known: dict[tuple[str, str], None] = {}  # insertion-ordered: oldest first out
         self._pending: dict[tuple[str, str], tuple[int, datetime]] = {}  # count, last seen
@@ -322,12 +326,7 @@ class PseudonymStore:
                           "b_count": v["count"], "b_seen": v["last_seen"]} for v in values],
                     )
                 elif self._upsert is not None:
-                    statement = self._upsert(table)
-                    conn.execute(statement.on_conflict_do_update(
-                        index_elements=["kind", "original"],
-                        set_={"count": table.c.count + statement.excluded.count,
-                              "last_seen": statement.excluded.last_seen},
-                    ), values)
+                    conn.execute(self._upsert, values)
                 else:
                     self._write_portably(conn, values)
         except SQLAlchemyError as exc:
@@ -517,18 +516,23 @@ class Deliveries:
             return {(r.name, r.destination): r.value for r in session.scalars(select(CounterRow))}
 
 
+# Statements built once: building them per commit costs more than the commit's own SQL.
+_ADD_TO_COUNTER = (
+    update(COUNTERS)
+    .where(COUNTERS.c.name == bindparam("b_name"), COUNTERS.c.destination == bindparam("b_dest"))
+    .values(value=COUNTERS.c.value + bindparam("b_value"))
+)
+_NEW_COUNTER = COUNTERS.insert()
+
+
 def _add_counts(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
-    table = COUNTERS
     for (name, destination), value in counts.items():
         if not value:
             continue
-        updated = conn.execute(
-            update(table)
-            .where(table.c.name == name, table.c.destination == destination)
-            .values(value=table.c.value + value)
-        )
+        updated = conn.execute(_ADD_TO_COUNTER,
+                               {"b_name": name, "b_dest": destination, "b_value": value})
         if not updated.rowcount:
-            conn.execute(table.insert().values(name=name, destination=destination, value=value))
+            conn.execute(_NEW_COUNTER, {"name": name, "destination": destination, "value": value})
 
 
 def entry_created(entry_id: str) -> float:
