@@ -24,7 +24,7 @@ from pynetdicom.service_class import StorageServiceClass
 from gateway import logs, metrics
 from gateway.deid.elements import PREAMBLE, file_meta
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy
-from gateway.deidentify import CleanInstance, deidentify_bytes
+from gateway.deidentify import CleanInstance, deidentify_received
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
@@ -93,6 +93,14 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
     return bytes(PREAMBLE) + b"DICM" + meta
 
 
+def _quarantine_reason(exc: Exception) -> InstanceError:
+    if isinstance(exc, InstanceError):
+        return exc
+    if isinstance(exc, NotDicom):
+        return MalformedInstance(str(exc))
+    return MalformedInstance(f"unexpected {type(exc).__name__} while de-identifying")
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -136,19 +144,17 @@ class Receiver:
         calling_ae = request.calling_ae
         peer = f"{request.address}:{request.port}"
         source = f"{calling_ae}@{peer}"
-        data = part10_header(request.sop_class_uid, request.sop_instance_uid,
-                             request.transfer_syntax) + request.dataset
-        log.info("received", calling_ae=calling_ae, peer=peer, size=len(data))
-        metrics.RECEIVED_BYTES.inc(len(data))
+        size = len(request.dataset)
+        log.info("received", calling_ae=calling_ae, peer=peer, size=size)
+        metrics.RECEIVED_BYTES.inc(size)
         try:
-            clean = deidentify_bytes(data, self.policy, self.secret)
-        except InstanceError as exc:
-            return self._quarantine(data, source, calling_ae, exc)
-        except NotDicom as exc:
-            return self._quarantine(data, source, calling_ae, MalformedInstance(str(exc)))
+            clean = deidentify_received(request.dataset, request.transfer_syntax, self.policy,
+                                        self.secret)
         except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the instance
-            return self._quarantine(data, source, calling_ae, MalformedInstance(
-                f"unexpected {type(exc).__name__} while de-identifying"))
+            # The original as a file, for the quarantine.
+            data = part10_header(request.sop_class_uid, request.sop_instance_uid,
+                                 request.transfer_syntax) + request.dataset
+            return self._quarantine(data, source, calling_ae, _quarantine_reason(exc))
         log.info("de-identified", sop_instance_uid=clean.sop_instance_uid, calling_ae=calling_ae,
                  duration_ms=_ms(started))
         status = self._spool(clean, calling_ae)
@@ -166,7 +172,7 @@ class Receiver:
         mapped = self.store.record_later(result.pseudonyms, counts)
         try:
             try:
-                entry = self.spool.put(clean.data, result.sop_class_uid,
+                entry = self.spool.put(clean.chunks, result.sop_class_uid,
                                        result.transfer_syntax_uid, clean.sop_instance_uid)
                 if excluded:  # a restart must never send it there
                     self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
@@ -180,7 +186,7 @@ class Receiver:
                       error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
             return OUT_OF_RESOURCES
         log.info("spooled", sop_instance_uid=clean.sop_instance_uid, entry_id=entry.id,
-                 size=len(clean.data))
+                 size=entry.size)
         metrics.RECEIVED.labels(calling_ae=calling_ae).inc()
         for name in excluded:
             log.info("filtered", sop_instance_uid=clean.sop_instance_uid, destination=name)

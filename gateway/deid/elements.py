@@ -366,16 +366,28 @@ def read_encoded(data: bytes) -> EncodedInstance:
         raise NotDicom("no DICOM preamble and no data set")
     try:
         meta, position = _read_meta(view, position)
-        syntax = _meta_value(view, meta, TRANSFER_SYNTAX_TAG) or _guess_syntax(view, position)
-        media_sop_class = _meta_value(view, meta, MEDIA_SOP_CLASS_TAG)
-        if syntax == DEFLATED:
-            view = memoryview(_inflate(data[position:]))
-            position = 0
-        encoding = _encoding_of(syntax)
-        elements = Reader(view, encoding).read(position, len(view))
     except struct.error as exc:
         raise MalformedInstance("truncated: an element header is incomplete") from exc
-    return EncodedInstance(view, syntax, encoding, elements, position, media_sop_class)
+    syntax = _meta_value(view, meta, TRANSFER_SYNTAX_TAG) or _guess_syntax(view, position)
+    return read_dataset(view, syntax, position, _meta_value(view, meta, MEDIA_SOP_CLASS_TAG))
+
+
+def read_dataset(data: bytes | bytearray | memoryview, transfer_syntax: str, start: int = 0,
+                 media_sop_class: str = "") -> EncodedInstance:
+    """Split a data set (from ``start``) encoded in ``transfer_syntax``, e.g. one received by
+    C-STORE; raise NotDicom or MalformedInstance."""
+    view = memoryview(data)
+    if start >= len(view):
+        raise NotDicom("empty data set")
+    try:
+        if transfer_syntax == DEFLATED:
+            view = memoryview(_inflate(bytes(view[start:])))
+            start = 0
+        encoding = _encoding_of(transfer_syntax)
+        elements = Reader(view, encoding).read(start, len(view))
+    except struct.error as exc:
+        raise MalformedInstance("truncated: an element header is incomplete") from exc
+    return EncodedInstance(view, transfer_syntax, encoding, elements, start, media_sop_class)
 
 
 def _read_meta(view: memoryview, position: int) -> tuple[list[Element], int]:
