@@ -9,6 +9,7 @@ nothing has to be measured when a nested value changes size.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from collections.abc import Sequence
@@ -394,6 +395,14 @@ def _read_meta(view: memoryview, position: int) -> tuple[list[Element], int]:
     """The group 0002 elements (always explicit VR little endian) and where the data set starts."""
     meta: list[Element] = []
     reader = Reader(view, EXPLICIT_LITTLE)
+    if view[position : position + 6] == b"\x02\x00\x00\x00UL" and position + 12 <= len(view):
+        # The group length says where the group ends: read it whole (it is checked below).
+        end = position + 12 + EXPLICIT_LITTLE.ul.unpack_from(view, position + 8)[0]
+        if end <= len(view) and view[end : end + 2] != b"\x02\x00":
+            with contextlib.suppress(MalformedInstance):
+                elements = reader.read(position, end)
+                if all(e.tag >> 16 == 2 for e in elements):
+                    return elements, end
     while position + 8 <= len(view) and view[position : position + 2] == b"\x02\x00":
         vr = bytes(view[position + 4 : position + 6]).decode("latin-1")
         if vr not in VALID_VRS:

@@ -58,6 +58,7 @@ from gateway.deid.profile import (
     REMOVE,
     REPLACE_UID,
     ZERO,
+    Option,
     Profile,
     build_profile,
 )
@@ -641,26 +642,35 @@ class _Instance:
             self._copy(element, level)
 
     def _marks(self, level: _Level) -> dict[int, bytes]:
-        """PatientIdentityRemoved, the method in words and as CID 7050 codes, the dates' status."""
         profile = self.policy.profile
-        method = [
-            f"PS3.15 {profile.edition} Basic Application Confidentiality Profile"[:64],
-            *(option.name[:64] for option in profile.options),
-            f"dicom-gateway {__version__}",
-        ]
-        codes = [("113100", "DCM", "Basic Application Confidentiality Profile")]
-        codes += [(o.code, o.scheme, o.name) for o in profile.options]
-        items = [[_plain(0x00080100, "SH", value, level), _plain(0x00080102, "SH", scheme, level),
-                  _plain(0x00080104, "LO", meaning, level)] for value, scheme, meaning in codes]
-        keys = self.options
-        longitudinal = ("MODIFIED" if "retain_long_modified_dates" in keys else
-                        "UNMODIFIED" if "retain_long_full_dates" in keys else "REMOVED")
-        return {
-            IDENTITY_REMOVED: _plain(IDENTITY_REMOVED, "CS", "YES", level),
-            METHOD: _plain(METHOD, "LO", method, level),
-            METHOD_CODES: sequence_bytes(METHOD_CODES, items, level.encoding),  # type: ignore[arg-type]
-            LONGITUDINAL: _plain(LONGITUDINAL, "CS", longitudinal, level),
-        }
+        return _marks(profile.edition, profile.options, level.encoding, level.encodings)
+
+
+@cache
+def _marks(edition: str, options: tuple[Option, ...], encoding: Encoding,
+           encodings: tuple[str, ...]) -> dict[int, bytes]:
+    """PatientIdentityRemoved, the method in words and as CID 7050 codes, the dates' status
+    (the same for every instance under one profile: encoded once)."""
+    level = _Level(encoding, encodings, "")
+    method = [
+        f"PS3.15 {edition} Basic Application Confidentiality Profile"[:64],
+        *(option.name[:64] for option in options),
+        f"dicom-gateway {__version__}",
+    ]
+    codes = [("113100", "DCM", "Basic Application Confidentiality Profile")]
+    codes += [(o.code, o.scheme, o.name) for o in options]
+    items: list[list[Chunk]] = [
+        [_plain(0x00080100, "SH", value, level), _plain(0x00080102, "SH", scheme, level),
+         _plain(0x00080104, "LO", meaning, level)] for value, scheme, meaning in codes]
+    keys = {o.key for o in options}
+    longitudinal = ("MODIFIED" if "retain_long_modified_dates" in keys else
+                    "UNMODIFIED" if "retain_long_full_dates" in keys else "REMOVED")
+    return {
+        IDENTITY_REMOVED: _plain(IDENTITY_REMOVED, "CS", "YES", level),
+        METHOD: _plain(METHOD, "LO", method, level),
+        METHOD_CODES: sequence_bytes(METHOD_CODES, items, encoding),
+        LONGITUDINAL: _plain(LONGITUDINAL, "CS", longitudinal, level),
+    }
 
 
 def _merged(chunks: list[Chunk]) -> list[Chunk]:
