@@ -120,6 +120,7 @@ class Reader:
         implicit, unpack_header, unpack_ul = (encoding.implicit, encoding.header.unpack_from,
                                               encoding.ul.unpack_from)
         elements: list[Element] = []
+        append, new_element, vr_names, vr_32 = elements.append, Element, _VR_NAMES, VR_32
         while position < end:
             start = position
             if position + 8 > end:
@@ -135,34 +136,34 @@ class Reader:
             if implicit:
                 vr = dictionary_vr(tag)
             else:
-                vr = _VR_NAMES.get(vr_bytes, "")
+                vr = vr_names.get(vr_bytes, "")
                 if not vr:
                     raise MalformedInstance("an element has an invalid VR (wrong transfer syntax?)")
-                if vr in VR_32:
+                if vr in vr_32:
                     (length,) = unpack_ul(buffer, position + 8)
                     value_start = position + 12
-                if vr == "UN":
-                    if length == UNDEFINED or dictionary_vr(tag) == "SQ":
-                        # A sequence sent as UN: its items are implicit VR (PS3.5 6.2.2).
-                        element, position = self._sequence(tag, start, value_start, length,
-                                                           IMPLICIT_LITTLE, encodings)
-                        elements.append(element)
-                        continue
-                    vr = dictionary_vr(tag)  # a known attribute is read as what it is
-            if vr == "SQ" or (length == UNDEFINED and encoding.implicit and tag != PIXEL_DATA):
-                element, position = self._sequence(tag, start, value_start, length, encoding,
-                                                   encodings)
-            elif length == UNDEFINED:  # encapsulated (compressed) pixel data: kept as it is
-                position = self._fragments_end(value_start, end)
-                element = Element(tag, vr, start, value_start, position)
-            else:
+                    if vr == "UN":
+                        if length == UNDEFINED or dictionary_vr(tag) == "SQ":
+                            # A sequence sent as UN: its items are implicit VR (PS3.5 6.2.2).
+                            element, position = self._sequence(tag, start, value_start, length,
+                                                               IMPLICIT_LITTLE, encodings)
+                            append(element)
+                            continue
+                        vr = dictionary_vr(tag)  # a known attribute is read as what it is
+            if length != UNDEFINED and vr != "SQ":  # the usual case: a value of known length
                 position = value_start + length
                 if position > end:
                     raise MalformedInstance("truncated: an element is shorter than its length")
-                element = Element(tag, vr, start, value_start, position)
+                element = new_element(tag, vr, start, value_start, position)
                 if tag == CHARSET_TAG:
                     encodings = charset_encodings(self.buffer, element)
-            elements.append(element)
+            elif vr == "SQ" or (implicit and tag != PIXEL_DATA):
+                element, position = self._sequence(tag, start, value_start, length, encoding,
+                                                   encodings)
+            else:  # encapsulated (compressed) pixel data: kept as it is
+                position = self._fragments_end(value_start, end)
+                element = new_element(tag, vr, start, value_start, position)
+            append(element)
         if in_item:
             raise MalformedInstance("truncated: a sequence or item has no end delimiter")
         return elements, position
