@@ -22,6 +22,7 @@ from gateway.deid.engine import SERIES_INSTANCE_UID, STUDY_INSTANCE_UID, Policy,
 from gateway.deid.leaks import PATIENT_ID
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import ConfigError, InstanceError, NotDicom
+from gateway.files import Chunks, write_all
 from gateway.quarantine import Quarantine
 from gateway.state import PseudonymStore
 
@@ -87,20 +88,22 @@ def output_path(dst: Path, clean: CleanInstance) -> Path:
     return dst.joinpath(*relative_path(clean))
 
 
-def write_atomically(path: Path, data: bytes, durable: bool = False) -> None:
+def write_atomically(path: Path, data: bytes | Chunks, durable: bool = False) -> None:
     temp = write_temporary(path, data, durable)
     temp.replace(path)
 
 
-def write_temporary(path: Path, data: bytes, durable: bool = False) -> Path:
+def write_temporary(path: Path, data: bytes | Chunks, durable: bool = False) -> Path:
     """Write ``data`` beside ``path`` under a temporary name (renamed into place later)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temp_numbers)}.tmp")
-    with temp.open("wb") as handle:
-        handle.write(data)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, data)
         if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     return temp
 
 
@@ -143,10 +146,10 @@ def clean_file(path: Path, dst: Path, policy: Policy, secret: bytes) -> Outcome:
         return exc
     relative = relative_path(clean)
     try:
-        temporary = write_temporary(dst.joinpath(*relative), clean.data)
+        temporary = write_temporary(dst.joinpath(*relative), clean.chunks)
     except OSError as exc:
         return exc
-    return Cleaned(relative, temporary, len(clean.data), clean.result.pseudonyms,
+    return Cleaned(relative, temporary, clean.size, clean.result.pseudonyms,
                    tuple(clean.result.unhandled))
 
 

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.deid.engine import Policy, Result, deidentify_encoded
+from gateway.deid.engine import Chunk, Policy, Result, deidentify_dataset, deidentify_encoded
 
 
 @dataclass(frozen=True)
 class CleanInstance:
     result: Result
-    data: bytes  # the de-identified Part 10 file
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        """The de-identified Part 10 file, in pieces to write as they are."""
+        return self.result.chunks
+
+    @property
+    def data(self) -> bytes:
+        return self.result.data
+
+    @property
+    def size(self) -> int:
+        return self.result.size
 
     @property
     def sop_instance_uid(self) -> str:
@@ -23,5 +35,10 @@ class CleanInstance:
 
 def deidentify_bytes(data: bytes, policy: Policy, secret: bytes) -> CleanInstance:
     """Raise NotDicom (skip) or an InstanceError (quarantine); otherwise the clean encoding."""
-    result = deidentify_encoded(data, policy, secret)
-    return CleanInstance(result, result.data)
+    return CleanInstance(deidentify_encoded(data, policy, secret))
+
+
+def deidentify_received(dataset: bytes | bytearray, transfer_syntax: str, policy: Policy,
+                        secret: bytes) -> CleanInstance:
+    """The same for a data set received by C-STORE (no file meta; its transfer syntax known)."""
+    return CleanInstance(deidentify_dataset(dataset, transfer_syntax, policy, secret))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+Chunks = Sequence[bytes | memoryview]  # one file's bytes in pieces, written without joining
+_IOV_MAX = 1024  # pieces per writev (Linux's limit)
 
 
 def fsync_dir(path: Path) -> None:
@@ -22,3 +26,14 @@ def write_private(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def write_all(fd: int, data: bytes | Chunks) -> None:
+    """Write ``data`` (one piece or several, in order) to ``fd``, however the kernel splits it."""
+    pending = [data] if isinstance(data, bytes | memoryview) else list(data)
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        while pending and written >= len(pending[0]):
+            written -= len(pending.pop(0))
+        if written:
+            pending[0] = memoryview(pending[0])[written:]

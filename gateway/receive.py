@@ -7,7 +7,6 @@ the sender keeps the image and tries again.
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ from pynetdicom import sop_class as pynetdicom_sop_class
 from pynetdicom.service_class import StorageServiceClass
 
 from gateway import logs, metrics
+from gateway.deid.elements import PREAMBLE, file_meta
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy
-from gateway.deidentify import CleanInstance, deidentify_bytes
+from gateway.deidentify import CleanInstance, deidentify_received
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
@@ -72,29 +72,19 @@ def storage_sop_class(uid: str) -> bool:
             or not hasattr(pynetdicom_sop_class, u.keyword))
 
 
-def _explicit_le(tag: int, vr: bytes, value: bytes) -> bytes:
-    """One short-VR element, explicit VR little endian."""
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-
-
-def _even(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and the file meta group for a data set received by C-STORE (the
-    bytes pynetdicom's ``encoded_dataset(include_meta=True)`` put before the data set)."""
-    elements = b"".join((
-        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
-        _explicit_le(0x00020002, b"UI", _even(sop_class_uid, b"\x00")),
-        _explicit_le(0x00020003, b"UI", _even(sop_instance_uid, b"\x00")),
-        _explicit_le(0x00020010, b"UI", _even(transfer_syntax, b"\x00")),
-        _explicit_le(0x00020012, b"UI", _even(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _explicit_le(0x00020013, b"SH", _even(IMPLEMENTATION_VERSION_NAME, b" ")),
-    ))
-    group_length = _explicit_le(0x00020000, b"UL", struct.pack("<I", len(elements)))
-    return bytes(128) + b"DICM" + group_length + elements
+    """Preamble, ``DICM`` and the file meta group for a data set received by C-STORE."""
+    meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, IMPLEMENTATION_CLASS_UID,
+                     IMPLEMENTATION_VERSION_NAME)
+    return bytes(PREAMBLE) + b"DICM" + meta
+
+
+def _quarantine_reason(exc: Exception) -> InstanceError:
+    if isinstance(exc, InstanceError):
+        return exc
+    if isinstance(exc, NotDicom):
+        return MalformedInstance(str(exc))
+    return MalformedInstance(f"unexpected {type(exc).__name__} while de-identifying")
 
 
 def _ms(started: float) -> float:
@@ -130,23 +120,17 @@ class Receiver:
         calling_ae = request.calling_ae
         peer = f"{request.address}:{request.port}"
         source = f"{calling_ae}@{peer}"
+        size = len(request.dataset)
+        log.info("received", calling_ae=calling_ae, peer=peer, size=size)
+        metrics.RECEIVED_BYTES.inc(size)
         try:
+            clean = deidentify_received(request.dataset, request.transfer_syntax, self.policy,
+                                        self.secret)
+        except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the instance
+            # The original as a file, for the quarantine.
             data = part10_header(request.sop_class_uid, request.sop_instance_uid,
                                  request.transfer_syntax) + request.dataset
-        except UnicodeEncodeError as exc:
-            return self._quarantine(bytes(request.dataset), source, calling_ae, MalformedInstance(
-                f"cannot read the C-STORE request ({type(exc).__name__})"))
-        log.info("received", calling_ae=calling_ae, peer=peer, size=len(data))
-        metrics.RECEIVED_BYTES.inc(len(data))
-        try:
-            clean = deidentify_bytes(data, self.policy, self.secret)
-        except InstanceError as exc:
-            return self._quarantine(data, source, calling_ae, exc)
-        except NotDicom as exc:
-            return self._quarantine(data, source, calling_ae, MalformedInstance(str(exc)))
-        except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the instance
-            return self._quarantine(data, source, calling_ae, MalformedInstance(
-                f"unexpected {type(exc).__name__} while de-identifying"))
+            return self._quarantine(data, source, calling_ae, _quarantine_reason(exc))
         log.info("de-identified", sop_instance_uid=clean.sop_instance_uid, calling_ae=calling_ae,
                  duration_ms=_ms(started))
         status = self._spool(clean, calling_ae)
@@ -157,26 +141,40 @@ class Receiver:
         result = clean.result
         routing = Routing(result.modality, result.sop_class_uid, calling_ae)
         excluded = routing.excluded_from(self.settings.destinations)
+        counts = {(RECEIVED, ""): 1}
+        counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
+        # The map (with the counts) is committed while the spool file is written: both are
+        # durable before the answer.
+        mapped = self.store.record_later(result.pseudonyms, counts)
         try:
-            entry = self.spool.put(clean.data, result.sop_class_uid, result.transfer_syntax_uid,
-                                   clean.sop_instance_uid)
-            if excluded:  # before the count: a restart must never send it there
-                self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
-            counts = {(RECEIVED, ""): 1}
-            counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
-            self.store.record(clean.result.pseudonyms, counts)
+            try:
+                entry = self.spool.put(clean.chunks, result.sop_class_uid,
+                                       result.transfer_syntax_uid, clean.sop_instance_uid)
+                if excluded:  # a restart must never send it there
+                    self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
+            except (StateError, OSError):
+                mapped.wait()
+                self._uncount(counts)  # not persisted: the sender keeps it and sends it again
+                raise
+            mapped.wait()
         except (StateError, OSError) as exc:
             log.error("not persisted", sop_instance_uid=clean.sop_instance_uid,
                       error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
             return OUT_OF_RESOURCES
         log.info("spooled", sop_instance_uid=clean.sop_instance_uid, entry_id=entry.id,
-                 size=len(clean.data))
+                 size=entry.size)
         metrics.RECEIVED.labels(calling_ae=calling_ae).inc()
         for name in excluded:
             log.info("filtered", sop_instance_uid=clean.sop_instance_uid, destination=name)
             metrics.FILTERED.labels(destination=name).inc()
         self.on_spooled(entry, excluded)
         return SUCCESS
+
+    def _uncount(self, counts: dict[tuple[str, str], int]) -> None:
+        try:
+            self.store.record([], {key: -value for key, value in counts.items()})
+        except StateError as exc:
+            log.warning("received count not corrected", error=type(exc).__name__)
 
     def _quarantine(self, data: bytes, source: str, calling_ae: str, error: InstanceError) -> int:
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 
 from gateway.errors import MalformedInstance, StateError
-from gateway.files import fsync_dir
+from gateway.files import Chunks, fsync_dir, write_all
 
 SUFFIX = ".dcm"
 PREAMBLE = 128
@@ -98,7 +98,8 @@ class Spool:
             return f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):06d}"
 
     def put(
-        self, data: bytes, sop_class_uid: str, transfer_syntax_uid: str, sop_instance_uid: str = ""
+        self, data: bytes | Chunks, sop_class_uid: str, transfer_syntax_uid: str,
+        sop_instance_uid: str = ""
     ) -> SpoolEntry:
         """Store durably; returns only when the entry survives a crash."""
         entry_id = self._new_id()
@@ -106,17 +107,19 @@ class Spool:
         final = self.incoming / f"{entry_id}{SUFFIX}"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
             os.rename(temp, final)
             fsync_dir(self.incoming)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise StateError(f"cannot write to the spool ({exc.strerror})") from exc
-        return SpoolEntry(entry_id, final, sop_class_uid, transfer_syntax_uid, len(data),
-                          time.time(), sop_instance_uid)
+        return SpoolEntry(entry_id, final, sop_class_uid, transfer_syntax_uid, size, time.time(),
+                          sop_instance_uid)
 
     def entries(self) -> list[SpoolEntry]:
         """Every durable entry, oldest first (read at start-up and by status)."""

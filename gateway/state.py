@@ -51,6 +51,7 @@ WRITE_LOCK = threading.RLock()
 
 KNOWN_CACHE = 100_000  # pairs remembered as written; bounded so memory stays flat
 COUNT_FLUSH_SECONDS = 2.0
+COMMIT_WAIT_SECONDS = 60.0  # bound on waiting for a map commit (SQLite waits 10 s for locks)
 
 
 class Base(DeclarativeBase):
@@ -139,17 +140,21 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-def _upsert_for(dialect: str) -> Any:
-    """The dialect's INSERT that can turn a duplicate into an update, if it has one."""
+def _upsert_statement(dialect: str) -> Any:
+    """The dialect's INSERT of map rows that turns a duplicate into an update (adding to its
+    count), if the dialect has one."""
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
-        return postgresql_insert
-    return None
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    else:
+        return None
+    statement = insert(PSEUDONYMS)
+    return statement.on_conflict_do_update(
+        index_elements=["kind", "original"],
+        set_={"count": PSEUDONYMS.c.count + statement.excluded.count,
+              "last_seen": statement.excluded.last_seen},
+    )
 
 
 def _now() -> datetime:
@@ -164,36 +169,74 @@ def _aggregate(pseudonyms: Iterable[Pseudonym]) -> dict[tuple[str, str], tuple[s
     return merged
 
 
+class PendingRecord:
+    """A map write queued for the next group commit; ``wait`` returns once it is durable."""
+
+    def __init__(self, rows: dict[tuple[str, str], tuple[str, int, datetime]],
+                 counts: Mapping[tuple[str, str], int] | None) -> None:
+        self.rows = rows
+        self.counts = counts
+        self._done = threading.Event()
+        self._error: StateError | None = None
+
+    def finish(self, error: StateError | None) -> None:
+        self._error = error
+        self._done.set()
+
+    def wait(self, timeout: float = COMMIT_WAIT_SECONDS) -> None:
+        if not self._done.wait(timeout):
+            raise StateError("the pseudonym map write did not finish in time")
+        if self._error is not None:
+            raise self._error
+
+
 class PseudonymStore:
-    """The only persistent mapping state; each call is one transaction."""
+    """The only persistent mapping state.
+
+    New pairs are written by one committer thread, in group commits: every write queued while
+    the previous commit ran goes into the next transaction, so parallel associations share
+    commits, and a receiver can write its spool file while its pairs are being committed.
+    """
 
     def __init__(self, url: str) -> None:
         self.engine = open_engine(url)
-        self._upsert = _upsert_for(self.engine.dialect.name)
+        self._upsert = _upsert_statement(self.engine.dialect.name)
         self._lock = threading.Lock()
         self._known: dict[tuple[str, str], None] = {}  # insertion-ordered: oldest first out
         self._pending: dict[tuple[str, str], tuple[int, datetime]] = {}  # count, last seen
         self._last_flush = time.monotonic()
+        self._queue: list[PendingRecord] = []
+        self._queued = threading.Condition()
+        self._closing = False
+        self._committer: threading.Thread | None = None
 
     def close(self) -> None:
+        with self._queued:
+            self._closing = True
+            self._queued.notify()
+        if self._committer is not None:
+            self._committer.join(COMMIT_WAIT_SECONDS)
         self.flush()
         self.engine.dispose()
 
     def record(
         self, pseudonyms: Iterable[Pseudonym], counts: Mapping[tuple[str, str], int] | None = None
     ) -> None:
-        """Add pairs to the map, or count them again; ``counts`` go to the counters in the same
-        transaction (one commit per received instance).
+        """Add pairs to the map, or count them again, and return once that is durable."""
+        self.record_later(pseudonyms, counts).wait()
 
-        A pair the map may not have yet is committed before this returns: the map is the
-        re-identification key. Pairs this process already wrote (the patient, study and series
-        of a stream of instances) are only counted in memory, and their counts and last-seen
-        times written every few seconds and on close: statistics, of which a crash may lose
-        the last seconds.
+    def record_later(
+        self, pseudonyms: Iterable[Pseudonym], counts: Mapping[tuple[str, str], int] | None = None
+    ) -> PendingRecord:
+        """Queue pairs (and ``counts``, in the same transaction) for the map; the caller must
+        ``wait`` on the result before counting on them.
+
+        A pair the map may not have yet is committed: the map is the re-identification key.
+        Pairs this process already wrote (the patient, study and series of a stream of
+        instances) are only counted in memory, and their counts and last-seen times written
+        every few seconds and on close: statistics, of which a crash may lose the last seconds.
         """
         merged = _aggregate(pseudonyms)
-        if not merged and not counts:
-            return
         now = _now()
         with self._lock:
             fresh = {k: v for k, v in merged.items() if k not in self._known}
@@ -201,15 +244,54 @@ class PseudonymStore:
                 if key not in fresh:
                     seen_before = self._pending.get(key, (0, now))[0]
                     self._pending[key] = (seen_before + count, now)
-        if fresh or counts:
-            self._write({k: (p, c, now) for k, (p, c) in fresh.items()}, counts=counts)
-            with self._lock:
-                for key in fresh:
-                    self._known[key] = None
-                while len(self._known) > KNOWN_CACHE:
-                    self._known.pop(next(iter(self._known)))
+        pending = PendingRecord({k: (p, c, now) for k, (p, c) in fresh.items()}, counts)
+        if not fresh and not counts:
+            pending.finish(None)
+        else:
+            with self._queued:
+                if self._closing:
+                    pending.finish(StateError("the pseudonym map is closed"))
+                    return pending
+                self._queue.append(pending)
+                if self._committer is None:
+                    self._committer = threading.Thread(target=self._commit_loop,
+                                                       name="map-commit", daemon=True)
+                    self._committer.start()
+                self._queued.notify()
         if time.monotonic() - self._last_flush > COUNT_FLUSH_SECONDS:
             self.flush()
+        return pending
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._queued:
+                while not self._queue and not self._closing:
+                    self._queued.wait()
+                batch, self._queue = self._queue, []
+            if not batch:
+                return  # closing, and nothing left
+            self._commit(batch)
+
+    def _commit(self, batch: list[PendingRecord]) -> None:
+        rows: dict[tuple[str, str], tuple[str, int, datetime]] = {}
+        counts: Counter[tuple[str, str]] = Counter()
+        for pending in batch:
+            for key, (pseudonym, count, seen) in pending.rows.items():
+                rows[key] = (pseudonym, rows.get(key, ("", 0, seen))[1] + count, seen)
+            counts.update(pending.counts or {})
+        try:
+            self._write(rows, counts=counts)
+        except StateError as exc:
+            for pending in batch:
+                pending.finish(exc)
+            return
+        with self._lock:
+            for key in rows:
+                self._known[key] = None
+            while len(self._known) > KNOWN_CACHE:
+                self._known.pop(next(iter(self._known)))
+        for pending in batch:
+            pending.finish(None)
 
     def flush(self) -> None:
         """Write the counts and last-seen times gathered in memory."""
@@ -244,12 +326,7 @@ class PseudonymStore:
                           "b_count": v["count"], "b_seen": v["last_seen"]} for v in values],
                     )
                 elif self._upsert is not None:
-                    statement = self._upsert(table)
-                    conn.execute(statement.on_conflict_do_update(
-                        index_elements=["kind", "original"],
-                        set_={"count": table.c.count + statement.excluded.count,
-                              "last_seen": statement.excluded.last_seen},
-                    ), values)
+                    conn.execute(self._upsert, values)
                 else:
                     self._write_portably(conn, values)
         except SQLAlchemyError as exc:
@@ -439,18 +516,23 @@ class Deliveries:
             return {(r.name, r.destination): r.value for r in session.scalars(select(CounterRow))}
 
 
+# Statements built once: building them per commit costs more than the commit's own SQL.
+_ADD_TO_COUNTER = (
+    update(COUNTERS)
+    .where(COUNTERS.c.name == bindparam("b_name"), COUNTERS.c.destination == bindparam("b_dest"))
+    .values(value=COUNTERS.c.value + bindparam("b_value"))
+)
+_NEW_COUNTER = COUNTERS.insert()
+
+
 def _add_counts(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
-    table = COUNTERS
     for (name, destination), value in counts.items():
         if not value:
             continue
-        updated = conn.execute(
-            update(table)
-            .where(table.c.name == name, table.c.destination == destination)
-            .values(value=table.c.value + value)
-        )
+        updated = conn.execute(_ADD_TO_COUNTER,
+                               {"b_name": name, "b_dest": destination, "b_value": value})
         if not updated.rowcount:
-            conn.execute(table.insert().values(name=name, destination=destination, value=value))
+            conn.execute(_NEW_COUNTER, {"name": name, "destination": destination, "value": value})
 
 
 def entry_created(entry_id: str) -> float:

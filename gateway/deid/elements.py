@@ -9,6 +9,7 @@ nothing has to be measured when a nested value changes size.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from collections.abc import Sequence
@@ -119,6 +120,7 @@ class Reader:
         implicit, unpack_header, unpack_ul = (encoding.implicit, encoding.header.unpack_from,
                                               encoding.ul.unpack_from)
         elements: list[Element] = []
+        append, new_element, vr_names, vr_32 = elements.append, Element, _VR_NAMES, VR_32
         while position < end:
             start = position
             if position + 8 > end:
@@ -134,34 +136,34 @@ class Reader:
             if implicit:
                 vr = dictionary_vr(tag)
             else:
-                vr = _VR_NAMES.get(vr_bytes, "")
+                vr = vr_names.get(vr_bytes, "")
                 if not vr:
                     raise MalformedInstance("an element has an invalid VR (wrong transfer syntax?)")
-                if vr in VR_32:
+                if vr in vr_32:
                     (length,) = unpack_ul(buffer, position + 8)
                     value_start = position + 12
-                if vr == "UN":
-                    if length == UNDEFINED or dictionary_vr(tag) == "SQ":
-                        # A sequence sent as UN: its items are implicit VR (PS3.5 6.2.2).
-                        element, position = self._sequence(tag, start, value_start, length,
-                                                           IMPLICIT_LITTLE, encodings)
-                        elements.append(element)
-                        continue
-                    vr = dictionary_vr(tag)  # a known attribute is read as what it is
-            if vr == "SQ" or (length == UNDEFINED and encoding.implicit and tag != PIXEL_DATA):
-                element, position = self._sequence(tag, start, value_start, length, encoding,
-                                                   encodings)
-            elif length == UNDEFINED:  # encapsulated (compressed) pixel data: kept as it is
-                position = self._fragments_end(value_start, end)
-                element = Element(tag, vr, start, value_start, position)
-            else:
+                    if vr == "UN":
+                        if length == UNDEFINED or dictionary_vr(tag) == "SQ":
+                            # A sequence sent as UN: its items are implicit VR (PS3.5 6.2.2).
+                            element, position = self._sequence(tag, start, value_start, length,
+                                                               IMPLICIT_LITTLE, encodings)
+                            append(element)
+                            continue
+                        vr = dictionary_vr(tag)  # a known attribute is read as what it is
+            if length != UNDEFINED and vr != "SQ":  # the usual case: a value of known length
                 position = value_start + length
                 if position > end:
                     raise MalformedInstance("truncated: an element is shorter than its length")
-                element = Element(tag, vr, start, value_start, position)
+                element = new_element(tag, vr, start, value_start, position)
                 if tag == CHARSET_TAG:
                     encodings = charset_encodings(self.buffer, element)
-            elements.append(element)
+            elif vr == "SQ" or (implicit and tag != PIXEL_DATA):
+                element, position = self._sequence(tag, start, value_start, length, encoding,
+                                                   encodings)
+            else:  # encapsulated (compressed) pixel data: kept as it is
+                position = self._fragments_end(value_start, end)
+                element = new_element(tag, vr, start, value_start, position)
+            append(element)
         if in_item:
             raise MalformedInstance("truncated: a sequence or item has no end delimiter")
         return elements, position
@@ -366,22 +368,42 @@ def read_encoded(data: bytes) -> EncodedInstance:
         raise NotDicom("no DICOM preamble and no data set")
     try:
         meta, position = _read_meta(view, position)
-        syntax = _meta_value(view, meta, TRANSFER_SYNTAX_TAG) or _guess_syntax(view, position)
-        media_sop_class = _meta_value(view, meta, MEDIA_SOP_CLASS_TAG)
-        if syntax == DEFLATED:
-            view = memoryview(_inflate(data[position:]))
-            position = 0
-        encoding = _encoding_of(syntax)
-        elements = Reader(view, encoding).read(position, len(view))
     except struct.error as exc:
         raise MalformedInstance("truncated: an element header is incomplete") from exc
-    return EncodedInstance(view, syntax, encoding, elements, position, media_sop_class)
+    syntax = _meta_value(view, meta, TRANSFER_SYNTAX_TAG) or _guess_syntax(view, position)
+    return read_dataset(view, syntax, position, _meta_value(view, meta, MEDIA_SOP_CLASS_TAG))
+
+
+def read_dataset(data: bytes | bytearray | memoryview, transfer_syntax: str, start: int = 0,
+                 media_sop_class: str = "") -> EncodedInstance:
+    """Split a data set (from ``start``) encoded in ``transfer_syntax``, e.g. one received by
+    C-STORE; raise NotDicom or MalformedInstance."""
+    view = memoryview(data)
+    if start >= len(view):
+        raise NotDicom("empty data set")
+    try:
+        if transfer_syntax == DEFLATED:
+            view = memoryview(_inflate(bytes(view[start:])))
+            start = 0
+        encoding = _encoding_of(transfer_syntax)
+        elements = Reader(view, encoding).read(start, len(view))
+    except struct.error as exc:
+        raise MalformedInstance("truncated: an element header is incomplete") from exc
+    return EncodedInstance(view, transfer_syntax, encoding, elements, start, media_sop_class)
 
 
 def _read_meta(view: memoryview, position: int) -> tuple[list[Element], int]:
     """The group 0002 elements (always explicit VR little endian) and where the data set starts."""
     meta: list[Element] = []
     reader = Reader(view, EXPLICIT_LITTLE)
+    if view[position : position + 6] == b"\x02\x00\x00\x00UL" and position + 12 <= len(view):
+        # The group length says where the group ends: read it whole (it is checked below).
+        end = position + 12 + EXPLICIT_LITTLE.ul.unpack_from(view, position + 8)[0]
+        if end <= len(view) and view[end : end + 2] != b"\x02\x00":
+            with contextlib.suppress(MalformedInstance):
+                elements = reader.read(position, end)
+                if all(e.tag >> 16 == 2 for e in elements):
+                    return elements, end
     while position + 8 <= len(view) and view[position : position + 2] == b"\x02\x00":
         vr = bytes(view[position + 4 : position + 6]).decode("latin-1")
         if vr not in VALID_VRS:

@@ -45,6 +45,7 @@ from gateway.deid.elements import (
     element_bytes,
     encode_value,
     file_meta,
+    read_dataset,
     read_encoded,
     sequence_bytes,
     value_text,
@@ -57,6 +58,7 @@ from gateway.deid.profile import (
     REMOVE,
     REPLACE_UID,
     ZERO,
+    Option,
     Profile,
     build_profile,
 )
@@ -120,6 +122,7 @@ _SPECIAL_TAGS = frozenset({PATIENT_AGE, INSTITUTION_NAME})
 _OVERLAY_GROUPS = frozenset(range(0x6000, 0x6100, 2))
 
 PatientMode = Literal["hash", "table", "fixed"]
+Chunk = bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class Pseudonym:
 
 @dataclass
 class Result:
-    data: bytes  # the de-identified Part 10 file
+    chunks: list[Chunk]  # the de-identified Part 10 file, in pieces (see ``data``)
     pseudonyms: list[Pseudonym]
     unhandled: Counter[int]  # unlisted free-text tags present (reported, never their values)
     facts: dict[int, str]  # output values of FACT_TAGS present at the top level
@@ -179,6 +182,15 @@ class Result:
 
     def fact(self, tag: int) -> str:
         return self.facts.get(tag, "")
+
+    @property
+    def size(self) -> int:
+        return sum(len(chunk) for chunk in self.chunks)
+
+    @cached_property
+    def data(self) -> bytes:
+        """The file as one piece; writers take ``chunks`` and spare this copy."""
+        return b"".join(self.chunks)
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -219,8 +231,13 @@ def deidentify_encoded(data: bytes, policy: Policy, secret: bytes) -> Result:
     Raises NotDicom (not an instance: skip) or an :class:`~gateway.errors.InstanceError` when
     the instance must be quarantined.
     """
-    instance = read_encoded(data)
-    return _Instance(instance, policy, secret).deidentify()
+    return _Instance(read_encoded(data), policy, secret).deidentify()
+
+
+def deidentify_dataset(dataset: bytes | bytearray | memoryview, transfer_syntax: str,
+                       policy: Policy, secret: bytes) -> Result:
+    """De-identify a data set without file meta (as C-STORE carries it) in ``transfer_syntax``."""
+    return _Instance(read_dataset(dataset, transfer_syntax), policy, secret).deidentify()
 
 
 def deidentify(ds: Dataset, policy: Policy, secret: bytes) -> Result:
@@ -255,7 +272,6 @@ def encode_dataset(ds: Dataset) -> bytes:
 
 # --- one instance ------------------------------------------------------------------------------
 
-Chunk = bytes | memoryview
 Entries = list[tuple[int, Chunk]]  # (tag, encoded element) in output order
 
 
@@ -368,7 +384,7 @@ class _Instance:
             # Undecodable values: fail closed into quarantine, naming only the error class.
             raise MalformedInstance(f"cannot de-identify ({type(exc).__name__})") from exc
         self._raise_on_leaks()
-        body = [entries[tag] for tag in sorted(entries)]
+        body = _merged([entries[tag] for tag in sorted(entries)])
         facts = {tag: self._output_text(tag, entries[tag], level) for tag in FACT_TAGS
                  if tag in entries}
         pseudonyms = [Pseudonym("patient", key, self.pseudo_id)]
@@ -384,8 +400,8 @@ class _Instance:
             body = [deflate(b"".join(body))]
         meta = file_meta(facts.get(SOP_CLASS_UID, ""), facts.get(SOP_INSTANCE_UID, ""), syntax,
                          IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
-        output = b"".join([b"\x00" * PREAMBLE, b"DICM", meta, *body])  # one copy of the pixels
-        return Result(output, pseudonyms, self.unhandled, facts, syntax, trusted=trusted)
+        chunks: list[Chunk] = [b"\x00" * PREAMBLE + b"DICM" + meta, *body]
+        return Result(chunks, pseudonyms, self.unhandled, facts, syntax, trusted=trusted)
 
     def _output_text(self, tag: int, chunk: Chunk, level: _Level) -> str:
         """A top-level output element's value, read back from its encoding."""
@@ -626,26 +642,52 @@ class _Instance:
             self._copy(element, level)
 
     def _marks(self, level: _Level) -> dict[int, bytes]:
-        """PatientIdentityRemoved, the method in words and as CID 7050 codes, the dates' status."""
         profile = self.policy.profile
-        method = [
-            f"PS3.15 {profile.edition} Basic Application Confidentiality Profile"[:64],
-            *(option.name[:64] for option in profile.options),
-            f"dicom-gateway {__version__}",
-        ]
-        codes = [("113100", "DCM", "Basic Application Confidentiality Profile")]
-        codes += [(o.code, o.scheme, o.name) for o in profile.options]
-        items = [[_plain(0x00080100, "SH", value, level), _plain(0x00080102, "SH", scheme, level),
-                  _plain(0x00080104, "LO", meaning, level)] for value, scheme, meaning in codes]
-        keys = self.options
-        longitudinal = ("MODIFIED" if "retain_long_modified_dates" in keys else
-                        "UNMODIFIED" if "retain_long_full_dates" in keys else "REMOVED")
-        return {
-            IDENTITY_REMOVED: _plain(IDENTITY_REMOVED, "CS", "YES", level),
-            METHOD: _plain(METHOD, "LO", method, level),
-            METHOD_CODES: sequence_bytes(METHOD_CODES, items, level.encoding),  # type: ignore[arg-type]
-            LONGITUDINAL: _plain(LONGITUDINAL, "CS", longitudinal, level),
-        }
+        return _marks(profile.edition, profile.options, level.encoding, level.encodings)
+
+
+@cache
+def _marks(edition: str, options: tuple[Option, ...], encoding: Encoding,
+           encodings: tuple[str, ...]) -> dict[int, bytes]:
+    """PatientIdentityRemoved, the method in words and as CID 7050 codes, the dates' status
+    (the same for every instance under one profile: encoded once)."""
+    level = _Level(encoding, encodings, "")
+    method = [
+        f"PS3.15 {edition} Basic Application Confidentiality Profile"[:64],
+        *(option.name[:64] for option in options),
+        f"dicom-gateway {__version__}",
+    ]
+    codes = [("113100", "DCM", "Basic Application Confidentiality Profile")]
+    codes += [(o.code, o.scheme, o.name) for o in options]
+    items: list[list[Chunk]] = [
+        [_plain(0x00080100, "SH", value, level), _plain(0x00080102, "SH", scheme, level),
+         _plain(0x00080104, "LO", meaning, level)] for value, scheme, meaning in codes]
+    keys = {o.key for o in options}
+    longitudinal = ("MODIFIED" if "retain_long_modified_dates" in keys else
+                    "UNMODIFIED" if "retain_long_full_dates" in keys else "REMOVED")
+    return {
+        IDENTITY_REMOVED: _plain(IDENTITY_REMOVED, "CS", "YES", level),
+        METHOD: _plain(METHOD, "LO", method, level),
+        METHOD_CODES: sequence_bytes(METHOD_CODES, items, encoding),
+        LONGITUDINAL: _plain(LONGITUDINAL, "CS", longitudinal, level),
+    }
+
+
+def _merged(chunks: list[Chunk]) -> list[Chunk]:
+    """Runs of small pieces joined: fewer, larger pieces to write; big ones are left alone."""
+    merged: list[Chunk] = []
+    run: list[Chunk] = []
+    for chunk in chunks:
+        if len(chunk) < 65536:
+            run.append(chunk)
+            continue
+        if run:
+            merged.append(b"".join(run))
+            run = []
+        merged.append(chunk)
+    if run:
+        merged.append(b"".join(run))
+    return merged
 
 
 def _plain(tag: int, vr: str, value: object, level: _Level) -> bytes:
