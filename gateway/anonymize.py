@@ -209,8 +209,9 @@ class Anonymizer:
 
     def _quarantine(self, path: Path, dst: Path, error: InstanceError, summary: Summary) -> None:
         # Absolute: `quarantine release` may run from another working directory.
+        # Not forced to disk: the original stays in SRC, and the next run finds it again.
         record = self.quarantine.put(path.read_bytes(), str(path), error,
-                                     {"destination": str(dst.resolve())})
+                                     {"destination": str(dst.resolve())}, durable=False)
         log.warning("quarantined", quarantine_id=record.id, reason=error.reason,
                     error=type(error).__name__)
         summary.quarantined += 1

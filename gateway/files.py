@@ -1,9 +1,10 @@
-"""Durable, private files: the few file-system moves the spool, quarantine and secret rely on."""
+"""Durable, private files (the few file-system moves the spool, quarantine and secret rely on),
+and writing data held in pieces without joining them first."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 Chunks = Sequence[bytes | memoryview]  # one file's bytes in pieces, written without joining
@@ -19,21 +20,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """A new file, 0600, flushed to disk; refuses to overwrite."""
+def write_private(path: Path, data: bytes, durable: bool = True) -> None:
+    """A new file, 0600, flushed to disk (unless not ``durable``); refuses to overwrite."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes | Chunks) -> None:
     """Write ``data`` (one piece or several, in order) to ``fd``, however the kernel splits it."""
+    write_pieces(lambda pieces: os.writev(fd, pieces), data)
+
+
+def write_pieces(write: Callable[[list[bytes | memoryview]], int], data: bytes | Chunks) -> None:
+    """Hand ``data`` to a scatter-gather ``write`` (writev, socket.sendmsg) until all is taken;
+    ``write`` returns how many bytes it took, possibly fewer than offered."""
     pending = [data] if isinstance(data, bytes | memoryview) else list(data)
-    while pending:
-        written = os.writev(fd, pending[:_IOV_MAX])
-        while pending and written >= len(pending[0]):
-            written -= len(pending.pop(0))
-        if written:
-            pending[0] = memoryview(pending[0])[written:]
+    first = 0
+    while first < len(pending):
+        taken = write(pending[first : first + _IOV_MAX])
+        while first < len(pending) and taken >= len(pending[first]):
+            taken -= len(pending[first])
+            first += 1
+        if taken:
+            pending[first] = memoryview(pending[first])[taken:]

@@ -50,9 +50,11 @@ class Quarantine:
             raise StateError(f"cannot create the quarantine folder ({exc.strerror})") from exc
 
     def put(
-        self, data: bytes, source: str, error: BaseException, context: dict[str, Any] | None = None
+        self, data: bytes, source: str, error: BaseException, context: dict[str, Any] | None = None,
+        durable: bool = True,
     ) -> QuarantineRecord:
-        """Keep ``data`` durably with the reason taken from ``error``."""
+        """Keep ``data`` with the reason taken from ``error``; ``durable``: on disk before this
+        returns (not needed where the original stays where it came from, as offline)."""
         self._ensure_root()
         now = datetime.now(UTC)
         record = QuarantineRecord(
@@ -68,11 +70,13 @@ class Quarantine:
         staging = self.root / f".{record.id}.tmp"
         try:
             staging.mkdir(mode=0o700)
-            write_private(staging / ORIGINAL, data)
-            write_private(staging / RECORD, json.dumps(asdict(record), indent=2).encode())
-            fsync_dir(staging)
+            write_private(staging / ORIGINAL, data, durable)
+            write_private(staging / RECORD, json.dumps(asdict(record), indent=2).encode(), durable)
+            if durable:
+                fsync_dir(staging)
             staging.rename(self.root / record.id)
-            fsync_dir(self.root)
+            if durable:
+                fsync_dir(self.root)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StateError(f"cannot write to quarantine ({exc.strerror})") from exc

@@ -11,8 +11,9 @@ background and nothing polls. The PDU and command set codec and the PDU reader a
 - ``network_timeout``: each write (a peer that stops reading).
 
 Data sets go out as they are, never decoded: fragments of the caller's buffer (memoryview
-slices, no copies) within the peer's maximum PDU length, each written together with its
-12-byte header in one system call (``sendmsg``; through TLS, one record).
+slices, no copies) within the peer's maximum PDU length, all the PDUs of a data set handed to
+the kernel in as few ``sendmsg`` calls as the socket buffer allows (through TLS, one record per
+PDU).
 
 Any failure (a timeout, a broken connection, A-ABORT from the peer, an answer that makes no
 sense) aborts the association (A-ABORT sent if the connection still takes it), closes the socket
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from gateway.files import write_pieces
 from gateway.upperlayer import (
     A_ABORT,
     A_ASSOCIATE_AC,
@@ -326,23 +328,20 @@ class Association:
         """``dataset`` as data PDVs, one per P-DATA-TF, each within the peer's limit."""
         self._reader.set_timeout(self._config.network_timeout)
         sock, room, total = self._sock, self._fragment, len(dataset)
+        pieces: list[bytes | memoryview] = []
         start = 0
         while True:
             end = min(start + room, total)
             header = p_data_header(context_id, end - start, command=False, last=end == total)
-            chunk = dataset[start:end]
             if self._tls is None:
-                sent = sock.sendmsg((header, chunk))
-                if sent < len(header) + len(chunk):  # the socket buffer was full: finish it
-                    if sent < len(header):
-                        sock.sendall(header[sent:])
-                        sent = len(header)
-                    sock.sendall(chunk[sent - len(header):])
+                pieces += (header, dataset[start:end])
             else:
-                sock.sendall(header + chunk)  # one TLS record, not a tiny one for the header
+                sock.sendall(header + dataset[start:end])  # one TLS record per PDU
             if end == total:
-                return
+                break
             start = end
+        # All the PDUs in as few system calls as the socket buffer allows.
+        write_pieces(sock.sendmsg, pieces)
 
     def _response_status(self, message_id: int, request: int) -> int:
         reader = self._reader
