@@ -72,10 +72,11 @@ class Dispatcher:
         self.spool = spool
         self.deliveries = deliveries
         self.names = frozenset(d.name for d in settings.destinations)
-        self.forwarders = {
-            d.name: Forwarder(d, settings, self, deliveries, quarantine)
-            for d in settings.destinations
-        }
+        self.queues = {d.name: SendQueue() for d in settings.destinations}
+        self.forwarders = [
+            Forwarder(d, index, self.queues[d.name], settings, self, deliveries, quarantine)
+            for d in settings.destinations for index in range(settings.forward.associations)
+        ]
         self._remaining: dict[str, set[str]] = {}
         self._with_rows: set[str] = set()  # entries with delivery rows in the database
         self._lock = threading.Lock()
@@ -85,7 +86,7 @@ class Dispatcher:
 
     def start(self) -> None:
         self.recover()
-        for forwarder in self.forwarders.values():
+        for forwarder in self.forwarders:
             forwarder.start()
         self._rescanner.start()
 
@@ -119,7 +120,7 @@ class Dispatcher:
             self._finish(entry.id)
             return
         for name in remaining:
-            self.forwarders[name].submit(entry)
+            self.queues[name].submit(entry)
 
     def delivered(self, outcomes: list[tuple[str, str]], destination: str) -> None:
         """``destination`` is done with these entries ((entry_id, outcome) pairs).
@@ -163,56 +164,86 @@ class Dispatcher:
     def stop(self, timeout: float) -> None:
         self._stopping.set()
         deadline = time.monotonic() + timeout
-        for forwarder in self.forwarders.values():
-            forwarder.stop()
-        for forwarder in self.forwarders.values():
+        for queue in self.queues.values():
+            queue.stop()
+        for forwarder in self.forwarders:
             forwarder.join(max(0.0, deadline - time.monotonic()))
 
 
+class SendQueue:
+    """One destination's instances waiting to be sent, shared by its senders."""
+
+    def __init__(self) -> None:
+        self.entries: deque[SpoolEntry] = deque()
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.senders = 1  # set by the senders: how many share the queue
+
+    def submit(self, entry: SpoolEntry) -> None:
+        with self.cond:
+            self.entries.append(entry)
+            self.cond.notify()
+
+    def pending(self) -> int:
+        with self.cond:
+            return len(self.entries)
+
+    def oldest_age(self) -> float:
+        with self.cond:
+            return max((e.age for e in self.entries), default=0.0)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def take(self, size: int) -> list[SpoolEntry]:
+        """The next batch (lock held): at most ``size``, and a fair share when the senders could
+        all be busy, so a short queue is spread over them rather than left to one."""
+        size = max(1, min(size, len(self.entries) // self.senders))
+        batch: list[SpoolEntry] = []
+        contexts: set[tuple[str, str]] = set()
+        while self.entries and len(batch) < size:
+            entry = self.entries[0]
+            pair = (entry.sop_class_uid, entry.transfer_syntax_uid)
+            if pair not in contexts and len(contexts) >= MAX_CONTEXTS:
+                break
+            contexts.add(pair)
+            batch.append(self.entries.popleft())
+        return batch
+
+    def requeue(self, entries: list[SpoolEntry]) -> None:
+        with self.cond:
+            self.entries.extendleft(reversed(entries))
+            self.cond.notify()
+
+
 class Forwarder(threading.Thread):
-    """The sender for one destination."""
+    """One sender (one association at a time) for a destination; a destination has
+    ``forward.associations`` of them, taking work from the same queue."""
 
     def __init__(
         self,
         destination: Destination,
+        index: int,
+        queue: SendQueue,
         settings: Settings,
         dispatcher: Dispatcher,
         deliveries: Deliveries,
         quarantine: Quarantine,
     ) -> None:
-        super().__init__(name=f"forward-{destination.name}", daemon=True)
+        super().__init__(name=f"forward-{destination.name}-{index}", daemon=True)
         self.destination = destination
+        self.queue = queue
+        queue.senders = settings.forward.associations
         self.settings = settings
         self.dispatcher = dispatcher
         self.deliveries = deliveries
         self.quarantine = quarantine
-        self._queue: deque[SpoolEntry] = deque()
-        self._cond = threading.Condition()
-        self._stopping = False
         self._assoc: Association | None = None
         self._contexts: frozenset[tuple[str, str]] = frozenset()
         self._failures = 0
         self._not_before = 0.0
-
-    # --- queue ---
-
-    def submit(self, entry: SpoolEntry) -> None:
-        with self._cond:
-            self._queue.append(entry)
-            self._cond.notify()
-
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._queue)
-
-    def oldest_age(self) -> float:
-        with self._cond:
-            return max((e.age for e in self._queue), default=0.0)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
 
     def run(self) -> None:
         try:
@@ -227,34 +258,21 @@ class Forwarder(threading.Thread):
 
     def _next_batch(self) -> list[SpoolEntry] | None:
         """Wait for work (releasing an idle association); None when stopping."""
-        forward = self.settings.forward
+        forward, queue = self.settings.forward, self.queue
         while True:
-            with self._cond:
-                if self._stopping:
+            with queue.cond:
+                if queue.stopping:
                     return None
                 wait = self._not_before - time.monotonic()
-                if self._queue and wait <= 0:
-                    return self._take_batch(forward.batch_size)
-                timeout = wait if self._queue else forward.idle_release_seconds
-                idle = not self._cond.wait(timeout) and not self._queue
+                if queue.entries and wait <= 0:
+                    return queue.take(forward.batch_size)
+                timeout = wait if queue.entries else forward.idle_release_seconds
+                idle = not queue.cond.wait(timeout) and not queue.entries
             if idle:  # outside the lock: the receiver's submit() must not wait for the archive
                 self._release()  # give the archive its association back
 
-    def _take_batch(self, size: int) -> list[SpoolEntry]:
-        batch: list[SpoolEntry] = []
-        contexts: set[tuple[str, str]] = set()
-        while self._queue and len(batch) < size:
-            entry = self._queue[0]
-            pair = (entry.sop_class_uid, entry.transfer_syntax_uid)
-            if pair not in contexts and len(contexts) >= MAX_CONTEXTS:
-                break
-            contexts.add(pair)
-            batch.append(self._queue.popleft())
-        return batch
-
     def _requeue(self, entries: list[SpoolEntry]) -> None:
-        with self._cond:
-            self._queue.extendleft(reversed(entries))
+        self.queue.requeue(entries)
 
     # --- sending ---
 
@@ -262,7 +280,7 @@ class Forwarder(threading.Thread):
         sent: list[SpoolEntry] = []
         dead: list[SpoolEntry] = []
         for index, entry in enumerate(batch):
-            if self._stopping:
+            if self.queue.stopping:
                 self._requeue(batch[index:])
                 break
             outcome, why = self._store(batch, entry)
@@ -379,7 +397,7 @@ class Forwarder(threading.Thread):
         delay *= random.uniform(0.5, 1.0)  # jitter: restarted gateways don't retry in lockstep
         self._not_before = time.monotonic() + delay
         log.warning("retrying later", destination=self.destination.name, attempt=self._failures,
-                    delay_s=round(delay, 2), pending=len(self._queue))
+                    delay_s=round(delay, 2), pending=self.queue.pending())
 
     def _dead_letter(self, entry: SpoolEntry, why: str) -> bool:
         """Move the de-identified instance to quarantine; False if that failed."""

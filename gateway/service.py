@@ -81,11 +81,11 @@ class Gateway:
                 log.warning("state flush failed; trying again", error=type(exc).__name__)
 
     def pending(self) -> int:
-        return sum(f.pending() for f in self.dispatcher.forwarders.values())
+        return sum(q.pending() for q in self.dispatcher.queues.values())
 
     def track_metrics(self) -> None:
-        for name, forwarder in self.dispatcher.forwarders.items():
-            metrics.track_destination(name, forwarder.pending, forwarder.oldest_age)
+        for name, queue in self.dispatcher.queues.items():
+            metrics.track_destination(name, queue.pending, queue.oldest_age)
         metrics.ACTIVE_ASSOCIATIONS.set_function(self.receiver.active_associations)
 
     def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:

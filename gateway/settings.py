@@ -96,6 +96,7 @@ class CallerRule:
 
 @dataclass(frozen=True)
 class ForwardSettings:
+    associations: int = 2  # per destination, sending at once (an archive answers one at a time)
     batch_size: int = 100  # instances sent on one association before looking for more work
     idle_release_seconds: float = 5.0  # release the association after this long without work
     retry_initial_seconds: float = 1.0
@@ -408,6 +409,7 @@ def _read_metrics(section: _Section) -> MetricsSettings:
 
 def _read_forward(section: _Section) -> ForwardSettings:
     result = ForwardSettings(
+        associations=_positive(section, "associations", int, 2),
         batch_size=_positive(section, "batch_size", int, 100),
         idle_release_seconds=_seconds(section, "idle_release_seconds", 5.0),
         retry_initial_seconds=_seconds(section, "retry_initial_seconds", 1.0),

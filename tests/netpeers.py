@@ -134,13 +134,15 @@ class Archive:
     port: int
     accept_all: bool = True  # +xa: compressed transfer syntaxes too; otherwise uncompressed only
     ae_title: str = ARCHIVE_AE
+    options: tuple[str, ...] = ()  # more storescp options (e.g. --fork for several associations)
     log: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Archive:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log = self.folder.parent / f"storescp-{self.port}.log"
-        args = ["storescp", "-v", "+uf", "-aet", self.ae_title, "-od", str(self.folder)]
+        args = ["storescp", "-v", "+uf", *self.options, "-aet", self.ae_title, "-od",
+                str(self.folder)]
         if self.accept_all:
             args.insert(1, "+xa")
         with self.log.open("ab") as log:
@@ -551,8 +553,10 @@ class Peers:
         self.senders: list[StorescuRun] = []
 
     def archive(self, name: str = "archive", accept_all: bool = True,
-                port: int | None = None, start: bool = True) -> Archive:
-        archive = Archive(self.tmp / name, port or free_port(), accept_all=accept_all)
+                port: int | None = None, start: bool = True,
+                options: tuple[str, ...] = ()) -> Archive:
+        archive = Archive(self.tmp / name, port or free_port(), accept_all=accept_all,
+                          options=options)
         self.archives.append(archive)
         return archive.start() if start else archive
 

@@ -96,3 +96,22 @@ def test_sigkill_mid_association_loses_no_acknowledged_instance(
     # counters are statistics: the last second's may die with the process, never grow extra
     assert report["forwarded"] <= sum(counts.values())
     assert gateway.stop() == 0
+
+
+def test_a_slow_archive_gets_instances_over_parallel_associations(
+    peers: Peers, tmp_path: Path
+) -> None:
+    """forward.associations = 2: while one association waits for the archive, the other sends."""
+    archive = peers.archive(start=False, options=("--fork", "--sleep-during", "1"))
+    gateway = peers.gateway([DestinationSpec("archive", archive.port)],
+                            forward_extra="associations = 2")
+    study = write_study(tmp_path / "src", "MRN-PAR-1", "Parallel^Senders", series=1, per_series=4)
+    sent = storescu(gateway.port, study.paths)
+    assert sent.returncode == 0, sent.output
+
+    archive.start()  # a backlog of 4, each store taking the archive a second
+    report = gateway.wait_forwarded(len(study.paths), timeout=60)
+    assert report["forwarded"] == len(study.paths)
+    assert len({ds.SOPInstanceUID for ds in archive.datasets()}) == len(study.paths)
+    # two from the gateway (the third is the C-ECHO that checked the archive had started)
+    assert archive.log_text().count("Association Received") == 3

@@ -453,3 +453,9 @@ def test_patient_table_not_in_repr(tmp_path):
     table.write_text("ORIGINAL-ID-123,SUBJ-001\n")
     body = f'[deidentify.patient]\nmode = "table"\ntable_file = "{table}"'
     assert "ORIGINAL-ID-123" not in repr(load_settings(write_config(tmp_path, body)))
+
+
+def test_forward_associations_must_be_at_least_one(tmp_path):
+    assert config_error(tmp_path, "[forward]\nassociations = 0") == (
+        "forward.associations: must be 1 or more")
+    assert load_settings(write_config(tmp_path, "[forward]\nassociations = 4")).forward.associations == 4
