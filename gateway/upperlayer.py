@@ -643,6 +643,15 @@ class _Association:
         self.reader.set_timeout(self.server.config.network_timeout)
         self.sock.sendall(data)
 
+    def _await_close(self) -> None:
+        """After A-ASSOCIATE-RJ or A-RELEASE-RP the requestor closes the connection (PS3.8,
+        state Sta13, bounded by the ARTIM timer, here ``acse_timeout``). Closing first races
+        the peer's reading of the answer: some requestors then report an abort instead."""
+        self.reader.set_timeout(self.server.config.acse_timeout)
+        with contextlib.suppress(OSError, UpperLayerError):
+            while True:
+                self.reader.take(max(1, self.reader.buffered()))  # discarded, until closed
+
     def _abort(self, source: int, reason: int) -> None:
         with contextlib.suppress(OSError):
             self._send(encode_abort(source, reason))
@@ -717,6 +726,7 @@ class _Association:
         if rejection is not None:
             with contextlib.suppress(OSError):
                 self._send(encode_associate_rj(*rejection))
+                self._await_close()
             log.warning("association rejected", calling_ae=rq.calling_ae, peer=self.peer,
                         reason=REJECT_REASONS[rejection])
             return False
@@ -740,6 +750,7 @@ class _Association:
             elif kind == A_RELEASE_RQ:
                 self.reader.read(length)
                 self._send(RELEASE_RP)
+                self._await_close()
                 return
             elif kind == A_ABORT:
                 raise PeerAborted("A-ABORT")

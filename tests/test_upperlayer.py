@@ -207,6 +207,22 @@ def test_unknown_called_ae_title_is_rejected_with_that_reason(start: Callable[..
     assert echoscu(running.port).returncode == 0  # the right title is accepted
 
 
+def test_after_a_rejection_the_requestor_closes_the_connection(start: Callable[..., Running]) -> None:
+    """PS3.8 Sta13: the acceptor waits for the requestor to close (closing first races the
+    requestor's reading of the A-ASSOCIATE-RJ); one that never closes is dropped after ARTIM."""
+    running = start(acse_timeout=1.0)
+    with socket.create_connection((LOOPBACK, running.port), timeout=WAIT) as sock:
+        sock.sendall(associate_rq(called="SOMEONE_ELSE"))
+        kind, _ = recv_pdu(sock)
+        assert kind == 0x03  # A-ASSOCIATE-RJ
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # still open: the gateway waits for us
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""  # until the ARTIM timer (acse_timeout) runs out
+        assert 0.2 < time.monotonic() - started < WAIT
+
+
 def test_calling_ae_title_refused_by_the_policy_is_rejected(start: Callable[..., Running]) -> None:
     running = start(calling_ae_allowed=lambda title, address: title == "ECHOSCU"
                     and address == LOOPBACK)
