@@ -190,4 +190,7 @@ port = {free_port()}
         assert again.is_established
         again.release()
     finally:
-        assert stop(gateway) == 0
+        code = stop(gateway)
+        assert gateway.stdout is not None
+        print(gateway.stdout.read().decode(errors="replace"))  # shown if the test fails
+        assert code == 0
