@@ -82,6 +82,18 @@ def associate(port: int, calling: str = "MODALITY", tls: tuple[ssl.SSLContext, s
     return ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOM_GW", tls_args=tls)
 
 
+def assert_rejected(port: int, calling: str) -> None:
+    """Never established; rejected (a second try only if the first ended some other way,
+    which is printed: once in a while in CI the requestor saw no A-ASSOCIATE-RJ)."""
+    for _ in range(2):
+        assoc = associate(port, calling=calling)
+        assert not assoc.is_established, f"{calling} was accepted"
+        if assoc.is_rejected:
+            return
+        print(f"{calling}: neither established nor rejected (aborted: {assoc.is_aborted})")
+    raise AssertionError(f"{calling} was not rejected")
+
+
 @pytest.fixture()
 def tls_setup(tmp_path: Path, pki: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
     archive_port, gateway_port = free_port(), free_port()
@@ -180,10 +192,8 @@ port = {free_port()}
         accepted.release()
 
         # Allowed title, wrong host: rejected at association time, "calling AE not recognized".
-        elsewhere = associate(port, calling="CT_SCANNER")
-        assert elsewhere.is_rejected
-        unknown = associate(port, calling="INTRUDER")
-        assert unknown.is_rejected
+        assert_rejected(port, calling="CT_SCANNER")
+        assert_rejected(port, calling="INTRUDER")
 
         # The gateway still answers after the rejections.
         again = associate(port, calling="PACS")
