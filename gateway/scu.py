@@ -47,7 +47,6 @@ from gateway.upperlayer import (
     MESSAGE_ID_RESPONDED_TO,
     NO_DATA_SET,
     P_DATA_TF,
-    PDV_HEADER,
     PDV_OVERHEAD,
     REASON_NOT_SPECIFIED,
     REASON_UNEXPECTED_PDU,
@@ -372,17 +371,11 @@ class Association:
             if kind != P_DATA_TF:
                 raise ProtocolError(f"unexpected PDU type 0x{kind:02X}", REASON_UNEXPECTED_PDU)
             while length:
-                if length < 6:
-                    raise ProtocolError("P-DATA-TF length does not match its PDVs")
-                item_length, context_id, flags = PDV_HEADER.unpack(reader.take(6))
-                if item_length < 2 or item_length + 4 > length:
-                    raise ProtocolError("PDV length does not fit its PDU")
-                length -= item_length + 4
-                if context_id not in self._context_ids:
-                    raise ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+                value_length, _, flags = reader.pdv_header(length, self._context_ids)
+                length -= value_length + 6
                 if not flags & 0x01:
                     raise ProtocolError("a data set where a response was expected")
-                reader.append_to(command, item_length - 2)
+                reader.append_to(command, value_length)
                 if flags & 0x02:
                     if length:
                         raise ProtocolError("more PDVs after the response")

@@ -37,7 +37,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 from gateway import logs
@@ -585,6 +585,19 @@ class PduReader:
             raise ProtocolError(f"unrecognized PDU type 0x{kind:02X}", REASON_UNRECOGNIZED_PDU)
         return kind, length
 
+    def pdv_header(self, remaining: int, accepted: Container[int]) -> tuple[int, int, int]:
+        """The next PDV of a P-DATA-TF that has ``remaining`` bytes left: its value length,
+        presentation context ID and message control header. A ProtocolError if it does not
+        fit its PDU or names a context that was not accepted."""
+        if remaining < 6:
+            raise ProtocolError("P-DATA-TF length does not match its PDVs")
+        item_length, context_id, header = PDV_HEADER.unpack(self.take(6))
+        if item_length < 2 or item_length + 4 > remaining:
+            raise ProtocolError("PDV length does not fit its PDU")
+        if context_id not in accepted:
+            raise ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+        return item_length - 2, context_id, header
+
     def buffered(self) -> int:
         """Bytes received and not yet taken."""
         return self.end - self.start
@@ -761,14 +774,8 @@ class _Association:
         """Read one P-DATA-TF PDU; answer each message it completes."""
         reader = self.reader
         while length:
-            if length < 6:
-                raise ProtocolError("P-DATA-TF length does not match its PDVs")
-            item_length, context_id, header = PDV_HEADER.unpack(reader.take(6))
-            if item_length < 2 or item_length + 4 > length:
-                raise ProtocolError("PDV length does not fit its PDU")
-            length -= item_length + 4
-            if context_id not in self.contexts:
-                raise ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+            value_length, context_id, header = reader.pdv_header(length, self.contexts)
+            length -= value_length + 6
             if message is None:
                 if not self.server._begin_message(self):
                     raise PeerClosed("the gateway is stopping")
@@ -779,13 +786,13 @@ class _Association:
             if header & 0x01:
                 if message.command is not None:
                     raise ProtocolError("command fragment after the command set was complete")
-                reader.append_to(message.command_bytes, item_length - 2)
+                reader.append_to(message.command_bytes, value_length)
                 if last:
                     self._command_complete(message)
             else:
                 if message.dataset is None or message.complete:
                     raise ProtocolError("data set fragment where none was expected")
-                reader.append_to(message.dataset, item_length - 2)
+                reader.append_to(message.dataset, value_length)
                 message.complete = last
             if message.complete:
                 self._answer(message)
