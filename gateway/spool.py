@@ -17,14 +17,11 @@ from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 
+from gateway.deid.elements import PREAMBLE, read_meta
 from gateway.errors import MalformedInstance, StateError
 from gateway.files import Chunks, fsync_dir, write_all
 
 SUFFIX = ".dcm"
-PREAMBLE = 128
-# explicit VR little endian: these VRs have a 4-byte length after 2 reserved bytes
-LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-                      b"UT", b"UV"})
 
 
 @dataclass(frozen=True)
@@ -53,22 +50,16 @@ class SpoolEntry:
 
 
 def part10_dataset(data: bytes | mmap.mmap) -> memoryview:
-    """What follows the preamble, ``DICM`` and the file meta group (group 0002, explicit VR
-    little endian) of a Part-10 file; a view, not a copy. The group's elements are walked, so
-    a missing or wrong group length (0002,0000) does not matter."""
+    """What follows the preamble, ``DICM`` and the file meta group of a Part-10 file; a view,
+    not a copy. The group's elements are walked when its length (0002,0000) is missing or
+    wrong."""
     if len(data) < PREAMBLE + 4 or data[PREAMBLE : PREAMBLE + 4] != b"DICM":
         raise MalformedInstance("not a Part-10 file (no DICM after the preamble)")
-    position, end = PREAMBLE + 4, len(data)
-    while position + 8 <= end and data[position : position + 2] == b"\x02\x00":
-        if data[position + 4 : position + 6] in LONG_VRS:
-            if position + 12 > end:
-                raise MalformedInstance("the file meta group is truncated")
-            position += 12 + int.from_bytes(data[position + 8 : position + 12], "little")
-        else:
-            position += 8 + int.from_bytes(data[position + 6 : position + 8], "little")
-    if position > end or position == PREAMBLE + 4:
-        raise MalformedInstance("the file meta group is truncated or missing")
-    return memoryview(data)[position:]
+    view = memoryview(data)
+    meta, position = read_meta(view, PREAMBLE + 4)
+    if not meta:
+        raise MalformedInstance("the file meta group is missing")
+    return view[position:]
 
 
 class Spool:

@@ -366,10 +366,7 @@ def read_encoded(data: bytes) -> EncodedInstance:
         position = 0
     else:
         raise NotDicom("no DICOM preamble and no data set")
-    try:
-        meta, position = _read_meta(view, position)
-    except struct.error as exc:
-        raise MalformedInstance("truncated: an element header is incomplete") from exc
+    meta, position = read_meta(view, position)
     syntax = _meta_value(view, meta, TRANSFER_SYNTAX_TAG) or _guess_syntax(view, position)
     return read_dataset(view, syntax, position, _meta_value(view, meta, MEDIA_SOP_CLASS_TAG))
 
@@ -392,8 +389,16 @@ def read_dataset(data: bytes | bytearray | memoryview, transfer_syntax: str, sta
     return EncodedInstance(view, transfer_syntax, encoding, elements, start, media_sop_class)
 
 
+def read_meta(view: memoryview, position: int) -> tuple[list[Element], int]:
+    """The group 0002 elements (always explicit VR little endian) and where the data set starts;
+    MalformedInstance if the group is cut short."""
+    try:
+        return _read_meta(view, position)
+    except struct.error as exc:
+        raise MalformedInstance("truncated: an element header is incomplete") from exc
+
+
 def _read_meta(view: memoryview, position: int) -> tuple[list[Element], int]:
-    """The group 0002 elements (always explicit VR little endian) and where the data set starts."""
     meta: list[Element] = []
     reader = Reader(view, EXPLICIT_LITTLE)
     if view[position : position + 6] == b"\x02\x00\x00\x00UL" and position + 12 <= len(view):
