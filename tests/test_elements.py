@@ -13,9 +13,11 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from gateway.deid.elements import (
+    EXPLICIT_LITTLE,
     Element,
     EncodedInstance,
     Encoding,
+    Reader,
     deflate,
     file_meta,
     read_encoded,
@@ -109,3 +111,13 @@ def test_a_preamble_with_content_is_not_copied() -> None:
     dual = next(p for p in FILES if p.read_bytes()[:4] == b"II*\x00")  # DICOM and TIFF at once
     result = deidentify_encoded(dual.read_bytes(), Policy(build_profile()), SECRET)
     assert result.data[:132] == b"\x00" * 128 + b"DICM"
+
+
+@pytest.mark.parametrize("vr", [b"SV", b"UV"])
+def test_64_bit_integers_have_a_32_bit_length_in_explicit_vr(vr: bytes) -> None:
+    # PS3.5 7.1.2: SV and UV are written like OB: 2 reserved bytes, then a 4-byte length.
+    element = b"\x18\x00\x19\x92" + vr + b"\x00\x00" + (8).to_bytes(4, "little") + bytes(8)
+    following = b"\x20\x00\x13\x00IS\x02\x001 "  # InstanceNumber
+    read = Reader(memoryview(element + following), EXPLICIT_LITTLE).read(0, len(element) + 10)
+    assert [(e.tag, e.value_start, e.end) for e in read] == [
+        (0x00189219, 12, 20), (0x00200013, 28, 30)]

@@ -26,7 +26,7 @@ ITEM_END = 0xFFFEE00D
 SEQUENCE_END = 0xFFFEE0DD
 CHARSET_TAG = 0x00080005
 PIXEL_DATA = 0x7FE00010
-VR_32 = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+VR_32 = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 VALID_VRS = VR_32 | frozenset({
     "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL",
     "SS", "ST", "SV", "TM", "UI", "UL", "US", "UV",
