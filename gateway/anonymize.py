@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import logs
-from gateway.deid.engine import SERIES_INSTANCE_UID, STUDY_INSTANCE_UID, Policy, Pseudonym
-from gateway.deid.leaks import PATIENT_ID
+from gateway.deid.engine import PATIENT_ID, SERIES_INSTANCE_UID, STUDY_INSTANCE_UID, Policy, Pseudonym
 from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import ConfigError, InstanceError, NotDicom
-from gateway.files import Chunks, write_all
+from gateway.files import Chunks, write_file
 from gateway.quarantine import Quarantine
 from gateway.state import PseudonymStore
 
@@ -97,13 +96,7 @@ def write_temporary(path: Path, data: bytes | Chunks, durable: bool = False) -> 
     """Write ``data`` beside ``path`` under a temporary name (renamed into place later)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temp_numbers)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
     return temp
 
 

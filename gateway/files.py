@@ -20,20 +20,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: Path, data: bytes, durable: bool = True) -> None:
-    """A new file, 0600, flushed to disk (unless not ``durable``); refuses to overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def write_private(path: Path, data: bytes | Chunks, durable: bool = True) -> int:
+    """A new file, 0600, flushed to disk (unless not ``durable``); refuses to overwrite.
+    Returns its size."""
+    return write_file(path, data, mode=0o600, durable=durable, exclusive=True)
+
+
+def write_file(path: Path, data: bytes | Chunks, mode: int, durable: bool, exclusive: bool) -> int:
+    """Write ``data`` to ``path`` (``exclusive``: only as a new file; otherwise truncating one
+    that exists), fsynced when ``durable``; returns the size written."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
     try:
-        write_all(fd, data)
+        size = write_all(fd, data)
         if durable:
             os.fsync(fd)
     finally:
         os.close(fd)
+    return size
 
 
-def write_all(fd: int, data: bytes | Chunks) -> None:
-    """Write ``data`` (one piece or several, in order) to ``fd``, however the kernel splits it."""
+def write_all(fd: int, data: bytes | Chunks) -> int:
+    """Write ``data`` (one piece or several, in order) to ``fd``, however the kernel splits it;
+    returns how many bytes that was."""
     write_pieces(lambda pieces: os.writev(fd, pieces), data)
+    return len(data) if isinstance(data, bytes | memoryview) else sum(len(p) for p in data)
 
 
 def write_pieces(write: Callable[[list[bytes | memoryview]], int], data: bytes | Chunks) -> None:

@@ -19,7 +19,7 @@ from pydicom.filereader import read_file_meta_info
 
 from gateway.deid.elements import PREAMBLE, read_meta
 from gateway.errors import MalformedInstance, StateError
-from gateway.files import Chunks, fsync_dir, write_all
+from gateway.files import Chunks, fsync_dir, write_private
 
 SUFFIX = ".dcm"
 
@@ -97,13 +97,7 @@ class Spool:
         temp = self.staging / f"{entry_id}{SUFFIX}"
         final = self.incoming / f"{entry_id}{SUFFIX}"
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
+            size = write_private(temp, data)
             os.rename(temp, final)
             fsync_dir(self.incoming)
         except OSError as exc:
