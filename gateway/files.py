@@ -40,6 +40,20 @@ def write_file(path: Path, data: bytes | Chunks, mode: int, durable: bool, exclu
     return size
 
 
+def overwrite_file(path: Path, data: bytes | Chunks) -> int:
+    """Replace the contents of the existing file ``path`` with ``data``, fsynced; returns the
+    size. Written over the old bytes, then cut to size: the file keeps its cached pages and its
+    blocks, where a fresh file (or O_TRUNC) has to get new ones."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        size = write_all(fd, data)
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
+
+
 def write_all(fd: int, data: bytes | Chunks) -> int:
     """Write ``data`` (one piece or several, in order) to ``fd``, however the kernel splits it;
     returns how many bytes that was."""

@@ -85,7 +85,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         # Looked up at each use, not now: standard error may be replaced later (tests, daemons).
-        logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
+        logger_factory=lambda *_: structlog.WriteLogger(file=sys.stderr),  # a line, one write
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

@@ -3,6 +3,11 @@
 Only de-identified data is ever written here. An instance counts as received only once its
 file is durable: written to a temporary name, fsynced, renamed, and the folder fsynced. Entry
 names sort in arrival order, so a restart forwards in the order instances came in.
+
+A forwarded entry's file is kept (in the staging folder) for the next instance to be written
+over: reusing a file costs a fraction of making one, whose every page the kernel must find and
+whose blocks it must allocate and later discard. Its old bytes are de-identified data, all
+overwritten or cut off before it holds an entry again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import mmap
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +25,10 @@ from pydicom.filereader import read_file_meta_info
 
 from gateway.deid.elements import PREAMBLE, read_meta
 from gateway.errors import MalformedInstance, StateError
-from gateway.files import Chunks, fsync_dir, write_private
+from gateway.files import Chunks, fsync_dir, overwrite_file, write_private
 
 SUFFIX = ".dcm"
+REUSABLE_FILES = 64  # forwarded files kept to be written over
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Spool:
         self.staging = root / "tmp"  # partial writes
         self._counter = itertools.count()
         self._lock = threading.Lock()
+        self._reusable: deque[Path] = deque()  # in staging, once forwarded
+        self._pid = os.getpid()
 
     def prepare(self, owner: bool = False) -> Spool:
         """Create the folders; the ``owner`` (the serving gateway, at start) also drops partial
@@ -86,7 +95,7 @@ class Spool:
 
     def _new_id(self) -> str:
         with self._lock:
-            return f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):06d}"
+            return f"{time.time_ns():020d}-{self._pid}-{next(self._counter):06d}"
 
     def put(
         self, data: bytes | Chunks, sop_class_uid: str, transfer_syntax_uid: str,
@@ -94,14 +103,19 @@ class Spool:
     ) -> SpoolEntry:
         """Store durably; returns only when the entry survives a crash."""
         entry_id = self._new_id()
-        temp = self.staging / f"{entry_id}{SUFFIX}"
         final = self.incoming / f"{entry_id}{SUFFIX}"
+        temp = self._take_reusable()
         try:
-            size = write_private(temp, data)
+            if temp is None:
+                temp = self.staging / f"{entry_id}{SUFFIX}"
+                size = write_private(temp, data)
+            else:
+                size = overwrite_file(temp, data)
             os.rename(temp, final)
             fsync_dir(self.incoming)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            if temp is not None:
+                temp.unlink(missing_ok=True)
             raise StateError(f"cannot write to the spool ({exc.strerror})") from exc
         return SpoolEntry(entry_id, final, sop_class_uid, transfer_syntax_uid, size, time.time(),
                           sop_instance_uid)
@@ -136,5 +150,23 @@ class Spool:
             return []
         return sorted(p.name[: -len(SUFFIX)] for p in self.incoming.glob(f"*{SUFFIX}"))
 
+    def _take_reusable(self) -> Path | None:
+        with self._lock:
+            return self._reusable.popleft() if self._reusable else None
+
     def remove(self, entry_id: str) -> None:
-        (self.incoming / f"{entry_id}{SUFFIX}").unlink(missing_ok=True)
+        """The entry is done with: its file is kept to be written over, or deleted."""
+        path = self.incoming / f"{entry_id}{SUFFIX}"
+        with self._lock:
+            reuse = len(self._reusable) < REUSABLE_FILES
+            if reuse:
+                spare = self.staging / f"reuse-{next(self._counter):06d}{SUFFIX}"
+        try:
+            if not reuse:
+                path.unlink(missing_ok=True)
+                return
+            os.rename(path, spare)
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._reusable.append(spare)

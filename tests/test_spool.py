@@ -35,6 +35,35 @@ def test_a_spool_entry_sends_exactly_the_data_set_it_holds(tmp_path: Path) -> No
     assert pydicom.dcmread(io.BytesIO(bytes(view)), force=True).Modality == "CT"
 
 
+def test_a_reused_file_holds_only_its_new_entry(tmp_path: Path) -> None:
+    """Forwarded files are written over by later entries: a shorter new entry must not keep
+    the old one's tail, and the old entry must be gone from the queue."""
+    data = dataset_bytes()
+    spool = Spool(tmp_path / "spool").prepare(owner=True)
+    first = spool.put(part10_header(CT, "1.2.3.4", EXPLICIT_LE) + data + b"\x00" * 5000, CT,
+                      EXPLICIT_LE, "1.2.3.4")
+    inode = first.path.stat().st_ino
+    spool.remove(first.id)
+    assert spool.ids() == []
+    second = spool.put(part10_header(CT, "1.2.3.5", EXPLICIT_LE) + data, CT, EXPLICIT_LE,
+                       "1.2.3.5")
+    assert second.path.stat().st_ino == inode  # the same file, written over
+    assert second.path.stat().st_mode & 0o777 == 0o600
+    assert spool.ids() == [second.id]
+    assert bytes(second.dataset()) == data
+    assert second.size == second.path.stat().st_size
+
+
+def test_a_restart_drops_files_kept_for_reuse(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool").prepare(owner=True)
+    entry = spool.put(part10_header(CT, "1.2.3.4", EXPLICIT_LE) + dataset_bytes(), CT,
+                      EXPLICIT_LE, "1.2.3.4")
+    spool.remove(entry.id)
+    assert list(spool.staging.iterdir())  # kept for the next entry
+    Spool(tmp_path / "spool").prepare(owner=True)
+    assert not list(spool.staging.iterdir())
+
+
 def test_the_meta_group_is_walked_not_trusted() -> None:
     data = dataset_bytes()
     header = part10_header(CT, "1.2.3.4", EXPLICIT_LE)
