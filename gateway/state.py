@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,19 +173,21 @@ class PendingRecord:
     """A map write queued for the next group commit; ``wait`` returns once it is durable."""
 
     def __init__(self, rows: dict[tuple[str, str], tuple[str, int, datetime]],
-                 counts: Mapping[tuple[str, str], int] | None) -> None:
+                 counts: Mapping[tuple[str, str], int] | None,
+                 commit: Callable[[PendingRecord, float], None] | None) -> None:
         self.rows = rows
         self.counts = counts
-        self._done = threading.Event()
+        self.done = commit is None
+        self._commit = commit
         self._error: StateError | None = None
 
     def finish(self, error: StateError | None) -> None:
         self._error = error
-        self._done.set()
+        self.done = True
 
     def wait(self, timeout: float = COMMIT_WAIT_SECONDS) -> None:
-        if not self._done.wait(timeout):
-            raise StateError("the pseudonym map write did not finish in time")
+        if not self.done and self._commit is not None:
+            self._commit(self, timeout)
         if self._error is not None:
             raise self._error
 
@@ -193,9 +195,10 @@ class PendingRecord:
 class PseudonymStore:
     """The only persistent mapping state.
 
-    New pairs are written by one committer thread, in group commits: every write queued while
-    the previous commit ran goes into the next transaction, so parallel associations share
-    commits, and a receiver can write its spool file while its pairs are being committed.
+    New pairs are written in group commits, by whichever waiting thread gets to commit first:
+    it writes every pair queued so far, its own and those of parallel associations, in one
+    transaction. (No committer thread: handing work to one and back cost more than the
+    commit.) A receiver queues its pairs, writes its spool file, then waits for them.
     """
 
     def __init__(self, url: str) -> None:
@@ -206,16 +209,14 @@ class PseudonymStore:
         self._pending: dict[tuple[str, str], tuple[int, datetime]] = {}  # count, last seen
         self._last_flush = time.monotonic()
         self._queue: list[PendingRecord] = []
-        self._queued = threading.Condition()
+        self._committing = threading.Lock()  # held by the thread writing a group
         self._closing = False
-        self._committer: threading.Thread | None = None
 
     def close(self) -> None:
-        with self._queued:
+        with self._lock:
             self._closing = True
-            self._queued.notify()
-        if self._committer is not None:
-            self._committer.join(COMMIT_WAIT_SECONDS)
+        with self._committing:
+            self._commit_queued()
         self.flush()
         self.engine.dispose()
 
@@ -244,32 +245,34 @@ class PseudonymStore:
                 if key not in fresh:
                     seen_before = self._pending.get(key, (0, now))[0]
                     self._pending[key] = (seen_before + count, now)
-        pending = PendingRecord({k: (p, c, now) for k, (p, c) in fresh.items()}, counts)
-        if not fresh and not counts:
-            pending.finish(None)
-        else:
-            with self._queued:
+            rows = {k: (p, c, now) for k, (p, c) in fresh.items()}
+            if not fresh and not counts:
+                pending = PendingRecord(rows, counts, None)
+            else:
+                pending = PendingRecord(rows, counts, self._commit_for)
                 if self._closing:
                     pending.finish(StateError("the pseudonym map is closed"))
-                    return pending
-                self._queue.append(pending)
-                if self._committer is None:
-                    self._committer = threading.Thread(target=self._commit_loop,
-                                                       name="map-commit", daemon=True)
-                    self._committer.start()
-                self._queued.notify()
+                else:
+                    self._queue.append(pending)
         if time.monotonic() - self._last_flush > COUNT_FLUSH_SECONDS:
             self.flush()
         return pending
 
-    def _commit_loop(self) -> None:
-        while True:
-            with self._queued:
-                while not self._queue and not self._closing:
-                    self._queued.wait()
-                batch, self._queue = self._queue, []
-            if not batch:
-                return  # closing, and nothing left
+    def _commit_for(self, pending: PendingRecord, timeout: float) -> None:
+        """Until ``pending`` is durable: wait for the group being written, or write the next."""
+        if not self._committing.acquire(timeout=timeout):
+            raise StateError("the pseudonym map write did not finish in time")
+        try:
+            if not pending.done:
+                self._commit_queued()
+        finally:
+            self._committing.release()
+
+    def _commit_queued(self) -> None:
+        """Write every queued record in one transaction (``_committing`` held)."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        if batch:
             self._commit(batch)
 
     def _commit(self, batch: list[PendingRecord]) -> None:

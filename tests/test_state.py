@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gateway.deid.engine import Pseudonym
-from gateway.errors import InstanceError, LeakDetected, MalformedInstance
+from gateway.errors import InstanceError, LeakDetected, MalformedInstance, StateError
 from gateway.quarantine import ORIGINAL, RECORD, Quarantine
 from gateway.state import PseudonymStore
 
@@ -143,6 +144,47 @@ def test_map_survives_reopening(tmp_path):
     second.record([Pseudonym("patient", "PID-1", "ANON1")])
     assert [e.count for e in second.lookup("PID-1")] == [2]
     second.close()
+
+
+def test_one_waiter_commits_every_queued_write_in_one_group(tmp_path):
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    store = PseudonymStore(url)
+    queued = [store.record_later([Pseudonym("uid", f"1.2.{n}", f"2.25.{n}")]) for n in range(3)]
+    assert not any(p.done for p in queued)
+    queued[-1].wait()
+    assert all(p.done for p in queued)  # the others' pairs went in the same transaction
+    store.close()
+    reopened = PseudonymStore(url)
+    assert [e.pseudonym for n in range(3) for e in reopened.lookup(f"1.2.{n}")] == [
+        "2.25.0", "2.25.1", "2.25.2"]
+    reopened.close()
+
+
+def test_parallel_writers_all_become_durable(tmp_path):
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    store = PseudonymStore(url)
+
+    def write(worker: int) -> None:
+        for n in range(40):
+            store.record([Pseudonym("uid", f"1.{worker}.{n}", f"2.25.{worker}.{n}")],
+                         {("received", ""): 1})
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    store.close()
+    reopened = PseudonymStore(url)
+    assert all(reopened.lookup(f"1.{w}.{n}") for w in range(6) for n in range(40))
+    reopened.close()
+
+
+def test_a_write_after_close_is_refused(tmp_path):
+    store = PseudonymStore(f"sqlite:///{tmp_path / 'gateway.db'}")
+    store.close()
+    with pytest.raises(StateError):
+        store.record([Pseudonym("uid", "1.2.3", "2.25.3")])
 
 
 # --- quarantine ----------------------------------------------------------------------------------
