@@ -94,6 +94,7 @@ class Gateway:
         # No new associations; stores in flight are answered, then the associations aborted.
         self.receiver.stop(timeout)
         self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
+        self.receiver.spool.close()
         self._stopped.set()
         self.store.close()
         self.deliveries.close()

@@ -49,10 +49,13 @@ class SpoolEntry:
         """The data set as it is to be sent: the file's bytes after its file meta group, mapped
         read-only (no copy in memory, however large; unmapped when the last view is gone).
         OSError if the file cannot be read, MalformedInstance if it is not a Part-10 file."""
-        with self.path.open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size < PREAMBLE + 4:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if os.fstat(fd).st_size < PREAMBLE + 4:
                 raise MalformedInstance("not a Part-10 file (shorter than a preamble)")
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
         return part10_dataset(mapped)
 
 
@@ -79,6 +82,7 @@ class Spool:
         self._lock = threading.Lock()
         self._reusable: deque[Path] = deque()  # in staging, once forwarded
         self._pid = os.getpid()
+        self._incoming_fd: int | None = None  # the owner's, kept open to fsync the folder
 
     def prepare(self, owner: bool = False) -> Spool:
         """Create the folders; the ``owner`` (the serving gateway, at start) also drops partial
@@ -89,9 +93,17 @@ class Spool:
             if owner:
                 for leftover in self.staging.iterdir():
                     leftover.unlink()
+                if self._incoming_fd is None:
+                    self._incoming_fd = os.open(self.incoming, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise StateError(f"cannot use the spool folder {self.root} ({exc.strerror})") from exc
         return self
+
+    def close(self) -> None:
+        """Let go of the folder (the owner, when it stops serving)."""
+        fd, self._incoming_fd = self._incoming_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _new_id(self) -> str:
         with self._lock:
@@ -112,7 +124,10 @@ class Spool:
             else:
                 size = overwrite_file(temp, data)
             os.rename(temp, final)
-            fsync_dir(self.incoming)
+            if self._incoming_fd is None:
+                fsync_dir(self.incoming)
+            else:
+                os.fsync(self._incoming_fd)
         except OSError as exc:
             if temp is not None:
                 temp.unlink(missing_ok=True)
