@@ -1,4 +1,5 @@
-"""Forwarding: one queue and one sender thread per destination, fed from the spool.
+"""Forwarding: one queue and its sender threads per destination, fed from the spool (in the
+forwarding process: ``gateway/forward_process.py``).
 
 Each sender keeps one association open while work is queued (``gateway/scu.py``, in the
 sender's own thread), sends batches negotiating each instance's own transfer syntax (bytes go

@@ -29,7 +29,7 @@ ALLOWED_FIELDS = frozenset({
     "destination", "status", "reason", "error", "size", "duration_ms", "count", "pending",
     "attempt", "delay_s", "ae_title", "host", "port", "destinations", "files_in", "written",
     "quarantined", "skipped", "duplicates", "where", "address", "library_logger",
-    "dropped_fields",
+    "dropped_fields", "pid", "exit_code",
 })
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}

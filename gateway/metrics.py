@@ -3,9 +3,11 @@ destinations, reasons and calling AE titles only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from gateway.errors import ConfigError
 
@@ -33,6 +35,22 @@ QUEUE_DEPTH = Gauge("dicom_gateway_queue_depth", "Instances waiting for a destin
 OLDEST_PENDING = Gauge("dicom_gateway_oldest_pending_age_seconds",
                        "Age of the oldest instance waiting for a destination", ["destination"])
 ACTIVE_ASSOCIATIONS = Gauge("dicom_gateway_active_associations", "Inbound associations open now")
+
+
+# Counted where instances are sent: in the forwarding process (gateway/forward_process.py).
+SENDING = (FORWARDED, FORWARDED_BYTES, DEAD_LETTERED, FORWARD_SECONDS)
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterator[Metric]: ...
+
+
+def collect_from(forwarding: Collector) -> None:
+    """Serve the sending metrics as the forwarding process reports them, not this process's
+    own (unused) ones."""
+    for metric in SENDING:
+        REGISTRY.unregister(metric)
+    REGISTRY.register(forwarding)
 
 
 def track_destination(name: str, depth: Callable[[], float], oldest: Callable[[], float]) -> None:

@@ -13,11 +13,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 
 from gateway import logs, metrics
 from gateway.errors import ConfigError, GatewayError
-from gateway.forward import Dispatcher
+from gateway.forward_process import ForwardProcess
 from gateway.quarantine import Quarantine
 from gateway.receive import Receiver
 from gateway.settings import Settings
@@ -36,7 +37,7 @@ class Gateway:
 
     settings: Settings
     receiver: Receiver
-    dispatcher: Dispatcher
+    forwarding: ForwardProcess
     store: PseudonymStore
     deliveries: Deliveries
     data_dir_lock: int  # a file descriptor holding the data folder's lock while serving
@@ -54,20 +55,19 @@ class Gateway:
         store = PseudonymStore(settings.database_url)
         deliveries = Deliveries(settings.database_url)
         quarantine = Quarantine(settings.quarantine_dir)
-        dispatcher = Dispatcher(settings, spool, deliveries, quarantine)
-        dispatcher.start()
+        forwarding = ForwardProcess(settings, spool).start()
         receiver = Receiver(settings, policy, secret, spool, store, deliveries, quarantine,
-                            on_spooled=dispatcher.submit)
+                            on_spooled=forwarding.submit)
         try:
             receiver.start()
         except OSError as exc:
-            dispatcher.stop(1.0)
+            forwarding.stop(1.0)
             os.close(lock)
             raise ConfigError(
                 f"gateway.port: cannot listen on {settings.gateway.host}:{settings.gateway.port}"
                 f" ({exc.strerror}); is another gateway running?"
             ) from exc
-        gateway = cls(settings, receiver, dispatcher, store, deliveries, lock)
+        gateway = cls(settings, receiver, forwarding, store, deliveries, lock)
         threading.Thread(target=gateway._flush_state, name="state-flush", daemon=True).start()
         return gateway
 
@@ -81,11 +81,14 @@ class Gateway:
                 log.warning("state flush failed; trying again", error=type(exc).__name__)
 
     def pending(self) -> int:
-        return sum(q.pending() for q in self.dispatcher.queues.values())
+        return self.forwarding.pending()
 
     def track_metrics(self) -> None:
-        for name, queue in self.dispatcher.queues.items():
-            metrics.track_destination(name, queue.pending, queue.oldest_age)
+        forwarding = self.forwarding
+        for name in forwarding.names:
+            metrics.track_destination(name, partial(forwarding.queue_depth, name),
+                                      partial(forwarding.oldest_age, name))
+        metrics.collect_from(forwarding)
         metrics.ACTIVE_ASSOCIATIONS.set_function(self.receiver.active_associations)
 
     def stop(self, timeout: float = SHUTDOWN_SECONDS) -> None:
@@ -93,7 +96,7 @@ class Gateway:
         deadline = time.monotonic() + timeout
         # No new associations; stores in flight are answered, then the associations aborted.
         self.receiver.stop(timeout)
-        self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
+        self.forwarding.stop(max(0.0, deadline - time.monotonic()))
         self.receiver.spool.close()
         self._stopped.set()
         self.store.close()

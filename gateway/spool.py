@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +74,10 @@ def part10_dataset(data: bytes | mmap.mmap) -> memoryview:
 
 
 class Spool:
-    def __init__(self, root: Path) -> None:
-        """Only names the folders: reading (status) must not change a spool a gateway uses."""
+    def __init__(self, root: Path, recycle: Callable[[Path], None] | None = None) -> None:
+        """Only names the folders: reading (status) must not change a spool a gateway uses.
+        Files of removed entries go to ``recycle`` (the process that writes entries), or are
+        kept here for reuse."""
         self.root = root
         self.incoming = root / "incoming"  # whole, durable entries
         self.staging = root / "tmp"  # partial writes
@@ -83,6 +86,7 @@ class Spool:
         self._reusable: deque[Path] = deque()  # in staging, once forwarded
         self._pid = os.getpid()
         self._incoming_fd: int | None = None  # the owner's, kept open to fsync the folder
+        self._recycle = recycle or self.reuse
 
     def prepare(self, owner: bool = False) -> Spool:
         """Create the folders; the ``owner`` (the serving gateway, at start) also drops partial
@@ -170,18 +174,19 @@ class Spool:
             return self._reusable.popleft() if self._reusable else None
 
     def remove(self, entry_id: str) -> None:
-        """The entry is done with: its file is kept to be written over, or deleted."""
-        path = self.incoming / f"{entry_id}{SUFFIX}"
-        with self._lock:
-            reuse = len(self._reusable) < REUSABLE_FILES
-            if reuse:
-                spare = self.staging / f"reuse-{next(self._counter):06d}{SUFFIX}"
+        """The entry is done with: its file leaves the queue, to be written over."""
+        spare = self.staging / f"reuse-{self._pid}-{next(self._counter):06d}{SUFFIX}"
         try:
-            if not reuse:
-                path.unlink(missing_ok=True)
-                return
-            os.rename(path, spare)
+            os.rename(self.incoming / f"{entry_id}{SUFFIX}", spare)
         except FileNotFoundError:
             return
+        self._recycle(spare)
+
+    def reuse(self, spare: Path) -> None:
+        """Keep ``spare`` (in staging, no longer an entry) for the next entry, or delete it if
+        enough are kept."""
         with self._lock:
-            self._reusable.append(spare)
+            if len(self._reusable) < REUSABLE_FILES:
+                self._reusable.append(spare)
+                return
+        spare.unlink(missing_ok=True)

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 
 import pydicom
 import pytest
-from netpeers import DestinationSpec, Peers, acknowledged, requires_dcmtk, storescu, wait_for, write_study
+from netpeers import (
+    DestinationSpec,
+    GatewayProcess,
+    Peers,
+    acknowledged,
+    requires_dcmtk,
+    storescu,
+    wait_for,
+    write_study,
+)
 
 pytestmark = requires_dcmtk
 
@@ -115,3 +126,37 @@ def test_a_slow_archive_gets_instances_over_parallel_associations(
     assert len({ds.SOPInstanceUID for ds in archive.datasets()}) == len(study.paths)
     # two from the gateway (the third is the C-ECHO that checked the archive had started)
     assert archive.log_text().count("Association Received") == 3
+
+
+def forwarding_pid(gateway: GatewayProcess) -> int | None:
+    """The gateway's forwarding process (its only child), if it has one now."""
+    assert gateway.process is not None
+    children = [int(pid) for task in Path(f"/proc/{gateway.process.pid}/task").glob("*/children")
+                for pid in task.read_text().split()]
+    return children[0] if len(children) == 1 else None
+
+
+def test_a_killed_forwarding_process_is_replaced_and_its_queue_is_not_lost(
+    peers: Peers, tmp_path: Path
+) -> None:
+    archive = peers.archive(start=False)
+    gateway = peers.gateway([DestinationSpec("archive", archive.port)])
+    study = write_study(tmp_path / "src", "MRN-FWD-9", "Forwarder^Killed", series=1, per_series=5)
+    sent = storescu(gateway.port, study.paths[:3])  # queued in the forwarding process
+    assert sent.returncode == 0, sent.output
+
+    first = wait_for(lambda: forwarding_pid(gateway), 10, "the forwarding process")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (forwarding_pid(gateway) or first) != first and forwarding_pid(gateway),
+                      30, "a new forwarding process")
+    assert gateway.answers_echo()  # receiving never stopped
+    sent = storescu(gateway.port, study.paths[3:])
+    assert sent.returncode == 0, sent.output
+
+    archive.start()
+    report = gateway.wait_forwarded(len(study.paths), timeout=60)
+    assert report["pending"] == 0
+    assert len({ds.SOPInstanceUID for ds in archive.datasets()}) == len(study.paths)
+    assert "forwarding process ended; starting another" in gateway.stderr_path.read_text()
+    assert gateway.stop() == 0
+    wait_for(lambda: not Path(f"/proc/{second}").exists(), 10, "the forwarding process to end")
