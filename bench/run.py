@@ -398,6 +398,39 @@ def run_offline(workdir: Path, copies: int, with_dicognito: bool) -> dict[str, f
     return result
 
 
+def compare_throughput(workdir: Path, paths: list[Path], parallel: int, rounds: int
+                       ) -> dict[str, object]:
+    """``rounds`` direct and gateway runs, each pair side by side, and their medians.
+
+    This machine's speed drifts between runs (a direct run here has taken 255 to 1176
+    instances/s), mostly with how much of its memory the kernel has handed out before: so runs
+    alternate which goes first, and the ratio reported is the median of the pairs' ratios."""
+    pairs: list[tuple[Throughput, Throughput]] = []
+    for index in range(rounds):
+        folder = workdir / f"round-{parallel}-{index}"
+        order = (False, True) if index % 2 == 0 else (True, False)
+        runs = {through: run_throughput(folder, paths, parallel, through_gateway=through)
+                for through in order}
+        pairs.append((runs[False], runs[True]))
+        shutil.rmtree(folder, ignore_errors=True)  # the archives' copies of the study
+    directs, gateways = [d for d, _ in pairs], [g for _, g in pairs]
+    return {
+        "associations": parallel,
+        "direct_per_s": round(statistics.median(d.per_second for d in directs), 1),
+        "direct_mb_s": round(statistics.median(d.mb_per_second for d in directs), 1),
+        "gateway_per_s": round(statistics.median(g.per_second for g in gateways), 1),
+        "gateway_mb_s": round(statistics.median(g.mb_per_second for g in gateways), 1),
+        "ratio": round(statistics.median(g.per_second / d.per_second for d, g in pairs), 3),
+        "rounds": [{"direct_per_s": round(d.per_second, 1), "gateway_per_s": round(g.per_second, 1),
+                    "ratio": round(g.per_second / d.per_second, 3)} for d, g in pairs],
+        "gateway_sender_done_s": round(statistics.median(g.sender_seconds for g in gateways), 2),
+        "gateway_peak_rss_mb": round(max(g.peak_rss_mb or 0 for g in gateways), 1),
+        "gateway_cpu_ms_per_instance": round(
+            statistics.median(g.cpu_ms_per_instance or 0 for g in gateways), 2),
+        "arrived": [[d.instances, g.instances] for d, g in pairs],
+    }
+
+
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -405,6 +438,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000, help="instances in the study")
     parser.add_argument("--parallel", type=int, default=4, help="associations in the parallel run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="direct/gateway pairs per association count; medians are reported")
     parser.add_argument("--latency-count", type=int, default=100)
     parser.add_argument("--offline-copies", type=int, default=3000)
     parser.add_argument("--soak", type=int, default=0,
@@ -422,22 +457,8 @@ def main() -> int:
     try:
         paths = make_study(workdir / "study", args.count)
         if "throughput" not in args.skip:
-            rows = []
-            for parallel in (1, args.parallel):
-                direct = run_throughput(workdir, paths, parallel, through_gateway=False)
-                via = run_throughput(workdir, paths, parallel, through_gateway=True)
-                rows.append((direct, via))
-            report["throughput"] = [
-                {"associations": d.associations,
-                 "direct_per_s": round(d.per_second, 1), "direct_mb_s": round(d.mb_per_second, 1),
-                 "gateway_per_s": round(g.per_second, 1), "gateway_mb_s": round(g.mb_per_second, 1),
-                 "ratio": round(g.per_second / d.per_second, 3),
-                 "gateway_sender_done_s": round(g.sender_seconds, 2),
-                 "gateway_peak_rss_mb": round(g.peak_rss_mb or 0, 1),
-                 "gateway_cpu_ms_per_instance": round(g.cpu_ms_per_instance or 0, 2),
-                 "arrived": [d.instances, g.instances]}
-                for d, g in rows
-            ]
+            report["throughput"] = [compare_throughput(workdir, paths, parallel, args.rounds)
+                                    for parallel in (1, args.parallel)]
         if "latency" not in args.skip:
             sample = paths[: args.latency_count]
             direct = run_latency(workdir, sample, through_gateway=False)
@@ -471,10 +492,14 @@ def main() -> int:
 def print_table(report: dict[str, object]) -> None:
     print(f"\nstudy: {report['count']} CT instances, {ROWS}x{COLUMNS} 16-bit")
     for row in report.get("throughput", []):  # type: ignore[attr-defined]
-        print(f"\n{row['associations']} association(s)      direct      gateway     ratio")
+        print(f"\n{row['associations']} association(s)      direct      gateway     ratio"
+              f"   (medians of {len(row['rounds'])} rounds)")
         print(f"  instances/s       {row['direct_per_s']:9.1f}   {row['gateway_per_s']:9.1f}"
               f"   {row['ratio']:6.3f}")
         print(f"  MB/s              {row['direct_mb_s']:9.1f}   {row['gateway_mb_s']:9.1f}")
+        for index, pair in enumerate(row["rounds"]):
+            print(f"  round {index + 1}           {pair['direct_per_s']:9.1f}   "
+                  f"{pair['gateway_per_s']:9.1f}   {pair['ratio']:6.3f}")
         print(f"  gateway: peak RSS {row['gateway_peak_rss_mb']} MB, "
               f"{row['gateway_cpu_ms_per_instance']} CPU ms/instance, arrived {row['arrived']}")
     latency = report.get("latency")
