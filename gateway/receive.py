@@ -121,7 +121,8 @@ class Receiver:
         peer = f"{request.address}:{request.port}"
         source = f"{calling_ae}@{peer}"
         size = len(request.dataset)
-        log.info("received", calling_ae=calling_ae, peer=peer, size=size)
+        # One info line per instance ("spooled", below); the stages before it at debug level.
+        log.debug("received", calling_ae=calling_ae, peer=peer, size=size)
         metrics.RECEIVED_BYTES.inc(size)
         try:
             clean = deidentify_received(request.dataset, request.transfer_syntax, self.policy,
@@ -131,20 +132,21 @@ class Receiver:
             data = part10_header(request.sop_class_uid, request.sop_instance_uid,
                                  request.transfer_syntax) + request.dataset
             return self._quarantine(data, source, calling_ae, _quarantine_reason(exc))
-        log.info("de-identified", sop_instance_uid=clean.sop_instance_uid, calling_ae=calling_ae,
-                 duration_ms=_ms(started))
-        status = self._spool(clean, calling_ae)
+        log.debug("de-identified", sop_instance_uid=clean.sop_instance_uid, calling_ae=calling_ae,
+                  duration_ms=_ms(started))
+        status = self._spool(clean, calling_ae, peer, started)
         metrics.DEIDENTIFY_SECONDS.observe(time.perf_counter() - started)
         return status
 
-    def _spool(self, clean: CleanInstance, calling_ae: str) -> int:
+    def _spool(self, clean: CleanInstance, calling_ae: str, peer: str, started: float) -> int:
         result = clean.result
         routing = Routing(result.modality, result.sop_class_uid, calling_ae)
         excluded = routing.excluded_from(self.settings.destinations)
         counts = {(RECEIVED, ""): 1}
         counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
-        # The map (with the counts) is committed while the spool file is written: both are
-        # durable before the answer.
+        # The map's new pairs (with the counts) are queued now and committed once the spool file
+        # is written, in one transaction with other associations' pairs: both are durable
+        # before the answer.
         mapped = self.store.record_later(result.pseudonyms, counts)
         try:
             try:
@@ -162,7 +164,7 @@ class Receiver:
                       error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
             return OUT_OF_RESOURCES
         log.info("spooled", sop_instance_uid=clean.sop_instance_uid, entry_id=entry.id,
-                 size=entry.size)
+                 size=entry.size, calling_ae=calling_ae, peer=peer, duration_ms=_ms(started))
         metrics.RECEIVED.labels(calling_ae=calling_ae).inc()
         for name in excluded:
             log.info("filtered", sop_instance_uid=clean.sop_instance_uid, destination=name)
