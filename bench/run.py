@@ -39,6 +39,16 @@ from gateway.errors import GatewayError
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = COLUMNS = 512
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk keeps Nagle on unless told
+
+
+def dcmtk(tool: str) -> str:
+    """dcmtk's ``tool`` from PATH, skipping this virtual environment's bin folder: pynetdicom
+    installs Python scripts named storescu and storescp there, which take other options."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    folders = [f for f in os.environ.get("PATH", "").split(os.pathsep)
+               if f and Path(f).resolve() != venv_bin]
+    return shutil.which(tool, path=os.pathsep.join(folders)) or tool
+
 WAIT = 600.0
 
 
@@ -139,7 +149,7 @@ def process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[byte
 def storescp(out: Path) -> Iterator[int]:
     port = free_port()
     out.mkdir(parents=True, exist_ok=True)
-    with process(["storescp", "--fork", "-aet", "ARCHIVE", "-od", str(out), str(port)],
+    with process([dcmtk("storescp"), "--fork", "-aet", "ARCHIVE", "-od", str(out), str(port)],
                  env=DCMTK_ENV):
         if not wait_until(lambda: listening(port), 30):
             raise RuntimeError("storescp did not start")
@@ -245,7 +255,7 @@ def send_with_storescu(port: int, called: str, shares: list[Path]) -> float:
     """Run one storescu per share folder at once; seconds until all have finished."""
     started = time.monotonic()
     senders = [
-        subprocess.Popen(["storescu", "-aec", called, "+sd", "127.0.0.1", str(port),
+        subprocess.Popen([dcmtk("storescu"), "-aec", called, "+sd", "127.0.0.1", str(port),
                           str(folder)], env=DCMTK_ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for folder in shares
@@ -461,7 +471,7 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
+        if shutil.which(dcmtk(tool)) is None:
             print(f"{tool} is missing: install dcmtk", file=sys.stderr)
             return 2
     report: dict[str, object] = {"count": args.count}

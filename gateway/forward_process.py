@@ -34,7 +34,7 @@ from gateway import logs, metrics
 from gateway.errors import GatewayError, StateError
 from gateway.forward import Dispatcher
 from gateway.quarantine import Quarantine
-from gateway.settings import Settings
+from gateway.settings import DeidentifySettings, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import Deliveries
 
@@ -65,7 +65,8 @@ class ForwardProcess:
     it again if it ends by itself, and stops it."""
 
     def __init__(self, settings: Settings, spool: Spool) -> None:
-        self.settings = dataclasses.replace(settings, secret=None)  # it never sees originals
+        # It never sees original data: no key, no patient table.
+        self.settings = dataclasses.replace(settings, secret=None, deidentify=DeidentifySettings())
         self.spool = spool
         self.names = [d.name for d in settings.destinations]
         self.report = Report({n: 0 for n in self.names}, {n: 0.0 for n in self.names}, "")

@@ -1,0 +1,38 @@
+"""The forwarding process gets only what sending needs: no key and no patient table, which hold
+or unlock original identifiers. (Its work is covered end to end by the serve tests.)"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from gateway.forward_process import ForwardProcess
+from gateway.settings import DeidentifySettings, load_settings
+from gateway.spool import Spool
+
+
+def test_the_forwarding_process_gets_no_key_and_no_patient_table(tmp_path: Path) -> None:
+    (tmp_path / "secret.key").write_text("ab" * 32)
+    (tmp_path / "subjects.csv").write_text("MRN-0001,SUBJ-1\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+data_dir = "{tmp_path / 'var'}"
+secret_file = "{tmp_path / 'secret.key'}"
+[deidentify.patient]
+mode = "table"
+table_file = "{tmp_path / 'subjects.csv'}"
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+port = 11112
+""")
+    settings = load_settings(config)
+    assert settings.secret is not None and settings.deidentify.patient.table  # as served
+
+    handed_over = ForwardProcess(settings, Spool(tmp_path / "spool")).settings
+    assert handed_over.secret is None
+    assert handed_over.deidentify == DeidentifySettings()
+    assert handed_over.destinations == settings.destinations
+    sent = pickle.dumps(handed_over)  # what goes over the socket pair
+    assert b"MRN-0001" not in sent and b"ab" * 32 not in sent
