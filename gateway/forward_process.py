@@ -128,8 +128,8 @@ class ForwardProcess:
             if self._conn is conn:
                 self._conn = None
         conn.close()
-        if self._stopping.is_set():
-            return
+        if self._stopping.is_set() or not self._ready.is_set():
+            return  # stopping, or it never came up: start() reports that
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(5.0)
         log.error("forwarding process ended; starting another", exit_code=process.returncode)

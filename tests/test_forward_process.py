@@ -1,12 +1,17 @@
-"""The forwarding process gets only what sending needs: no key and no patient table, which hold
-or unlock original identifiers. (Its work is covered end to end by the serve tests.)"""
+"""The forwarding process gets only what sending needs (no key and no patient table, which hold
+or unlock original identifiers), and one that cannot start is reported at once. Its work is
+covered end to end by the serve tests."""
 
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
-from gateway.forward_process import ForwardProcess
+import pytest
+
+from gateway.errors import StateError
+from gateway.forward_process import START_SECONDS, ForwardProcess
 from gateway.settings import DeidentifySettings, load_settings
 from gateway.spool import Spool
 
@@ -36,3 +41,23 @@ port = 11112
     assert handed_over.destinations == settings.destinations
     sent = pickle.dumps(handed_over)  # what goes over the socket pair
     assert b"MRN-0001" not in sent and b"ab" * 32 not in sent
+
+
+def test_a_forwarding_process_that_cannot_start_is_reported_not_waited_for(tmp_path: Path) -> None:
+    (tmp_path / "secret.key").write_text("ab" * 32)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+data_dir = "{tmp_path / 'var'}"
+secret_file = "{tmp_path / 'secret.key'}"
+database_url = "sqlite:////proc/no-such-folder/gateway.db"
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+port = 11112
+""")
+    forwarding = ForwardProcess(load_settings(config), Spool(tmp_path / "spool"))
+    started = time.monotonic()
+    with pytest.raises(StateError, match="forwarding process did not start"):
+        forwarding.start()
+    assert time.monotonic() - started < START_SECONDS / 2  # its exit is noticed, not waited out
