@@ -27,28 +27,17 @@ def write_private(path: Path, data: bytes | Chunks, durable: bool = True) -> int
 
 
 def write_file(path: Path, data: bytes | Chunks, mode: int, durable: bool, exclusive: bool) -> int:
-    """Write ``data`` to ``path`` (``exclusive``: only as a new file; otherwise truncating one
-    that exists), fsynced when ``durable``; returns the size written."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    """Write ``data`` to ``path`` (``exclusive``: only as a new file), fsynced when ``durable``;
+    returns the size written. A file that exists is written over, then cut to size: it keeps
+    its cached pages and its blocks, where a fresh file (or O_TRUNC) has to get new ones."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
     fd = os.open(path, flags, mode)
     try:
         size = write_all(fd, data)
+        if not exclusive:
+            os.ftruncate(fd, size)
         if durable:
             os.fsync(fd)
-    finally:
-        os.close(fd)
-    return size
-
-
-def overwrite_file(path: Path, data: bytes | Chunks) -> int:
-    """Replace the contents of the existing file ``path`` with ``data``, fsynced; returns the
-    size. Written over the old bytes, then cut to size: the file keeps its cached pages and its
-    blocks, where a fresh file (or O_TRUNC) has to get new ones."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        size = write_all(fd, data)
-        os.ftruncate(fd, size)
-        os.fsync(fd)
     finally:
         os.close(fd)
     return size

@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -106,7 +106,7 @@ class ForwardProcess:
     def submit(self, entry: SpoolEntry, done: frozenset[str]) -> None:
         """Hand over a new spool entry (``done``: destinations that must not get it). If the
         forwarding process is down, its next start finds the entry in the spool."""
-        message = (ENTRY, (_fields(entry), sorted(done)))
+        message = (ENTRY, (entry, sorted(done)))
         with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(OSError, ValueError):
@@ -169,10 +169,6 @@ class ForwardProcess:
         yield from text_string_to_metric_families(self.report.metrics_text)
 
 
-def _fields(entry: SpoolEntry) -> tuple[Any, ...]:
-    return tuple(getattr(entry, f.name) for f in dataclasses.fields(entry))
-
-
 # --- the forwarding process ----------------------------------------------------------------------
 
 
@@ -197,6 +193,9 @@ class Forwarding:
         self.deliveries = Deliveries(settings.database_url)
         self.dispatcher = Dispatcher(settings, spool, self.deliveries,
                                      Quarantine(settings.quarantine_dir))
+        self.sending_metrics = CollectorRegistry(auto_describe=True)
+        for metric in metrics.SENDING:
+            self.sending_metrics.register(metric)
 
     def run(self) -> None:
         self.dispatcher.start()  # queues what the spool holds
@@ -211,8 +210,8 @@ class Forwarding:
                 timeout = ORPHANED_STOP_SECONDS  # the serving process is gone: so is its lock
                 break
             if kind == ENTRY:
-                fields, done = payload
-                self.dispatcher.submit(SpoolEntry(*fields), frozenset(done))
+                entry, done = payload
+                self.dispatcher.submit(entry, frozenset(done))
             elif kind == STOP:
                 timeout = float(payload)
                 break
@@ -244,19 +243,9 @@ class Forwarding:
 
     def _report(self) -> bool:
         queues = self.dispatcher.queues
-        text = "".join(generate_latest(_Registry(m)).decode() for m in metrics.SENDING)
+        text = generate_latest(self.sending_metrics).decode()
         return self._send((REPORT, ({n: q.pending() for n, q in queues.items()},
                                     {n: q.oldest_age() for n, q in queues.items()}, text)))
-
-
-class _Registry:
-    """One collector as a registry, for ``generate_latest``."""
-
-    def __init__(self, collector: Any) -> None:
-        self.collector = collector
-
-    def collect(self) -> Iterator[Metric]:
-        return self.collector.collect()
 
 
 if __name__ == "__main__":

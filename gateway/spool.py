@@ -26,7 +26,7 @@ from pydicom.filereader import read_file_meta_info
 
 from gateway.deid.elements import PREAMBLE, read_meta
 from gateway.errors import MalformedInstance, StateError
-from gateway.files import Chunks, fsync_dir, overwrite_file, write_private
+from gateway.files import Chunks, fsync_dir, write_file, write_private
 
 SUFFIX = ".dcm"
 REUSABLE_FILES = 64  # forwarded files kept to be written over
@@ -126,7 +126,7 @@ class Spool:
                 temp = self.staging / f"{entry_id}{SUFFIX}"
                 size = write_private(temp, data)
             else:
-                size = overwrite_file(temp, data)
+                size = write_file(temp, data, mode=0o600, durable=True, exclusive=False)
             os.rename(temp, final)
             if self._incoming_fd is None:
                 fsync_dir(self.incoming)
