@@ -7,15 +7,18 @@ skipped. Nothing that failed ever appears in DST.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import logs
 from gateway.deid.engine import PATIENT_ID, SERIES_INSTANCE_UID, STUDY_INSTANCE_UID, Policy, Pseudonym
@@ -23,7 +26,9 @@ from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import ConfigError, InstanceError, NotDicom
 from gateway.files import Chunks, write_file
 from gateway.quarantine import Quarantine
-from gateway.state import PseudonymStore
+
+if TYPE_CHECKING:
+    from gateway.state import PseudonymStore
 
 log = logs.get_logger("anonymize")
 
@@ -159,17 +164,26 @@ def _clean_in_worker(path: Path) -> Outcome:
     return clean_file(path, *_worker_setup)
 
 
+def _discard(results: Iterator[Outcome]) -> None:
+    """Remove the temporaries of the outcomes that were finished but not taken."""
+    with contextlib.suppress(CancelledError, BrokenProcessPool):
+        for outcome in results:
+            if isinstance(outcome, Cleaned):
+                outcome.temporary.unlink(missing_ok=True)
+
+
 class Anonymizer:
     """De-identifies files (in worker processes when there are several cores), writes the clean
     copies in the order of the files, records pseudonyms and quarantines failures."""
 
     def __init__(
-        self, policy: Policy, secret: bytes, store: PseudonymStore, quarantine: Quarantine,
-        workers: int = 1,
+        self, policy: Policy, secret: bytes, open_store: Callable[[], PseudonymStore],
+        quarantine: Quarantine, workers: int = 1,
     ) -> None:
         self.policy = policy
         self.secret = secret
-        self.store = store
+        self.open_store = open_store
+        self.store: PseudonymStore | None = None
         self.quarantine = quarantine
         self.workers = max(1, workers)
         self._pending: list[Pseudonym] = []
@@ -178,14 +192,28 @@ class Anonymizer:
 
     def outcomes(self, files: list[Path], dst: Path) -> Iterator[Outcome]:
         if self.workers == 1 or len(files) < 2 * WORKER_CHUNK:
+            self.store = self.open_store()
             yield from (clean_file(path, dst, self.policy, self.secret) for path in files)
             return
-        # fork: workers start at once with the policy already in memory; the parent's database
-        # connection is never used in them.
+        # fork: workers start at once with the policy already in memory. They start before the
+        # map is opened, so they never hold its connection, and the parent imports the
+        # database library while they work.
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_start_worker,
                                  initargs=(dst, self.policy, self.secret)) as pool:
-            yield from pool.map(_clean_in_worker, files, chunksize=WORKER_CHUNK)
+            results = pool.map(_clean_in_worker, files, chunksize=WORKER_CHUNK)
+            try:
+                self.store = self.open_store()
+                yield from results
+            except BaseException:
+                # Stop at once (not after every file) and leave no temporaries behind.
+                pool.shutdown(cancel_futures=True)
+                _discard(results)
+                raise
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
     def take(self, outcome: Outcome, path: Path, dst: Path, summary: Summary) -> None:
         """Write, quarantine or skip one file's outcome."""
@@ -230,6 +258,8 @@ class Anonymizer:
             self.flush()
 
     def flush(self) -> None:
+        if self.store is None:
+            return  # nothing was taken
         self.store.record(self._pending)
         self._pending = []
         self._pending_files = 0

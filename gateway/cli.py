@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pydicom.datadict import keyword_for_tag
 
@@ -24,15 +24,15 @@ from gateway.anonymize import Anonymizer, Summary, anonymize_tree
 from gateway.errors import ConfigError, GatewayError, InstanceError, StateError
 from gateway.files import write_private
 from gateway.quarantine import Quarantine, QuarantineRecord
-from gateway.release import Releaser
 from gateway.settings import (
     SECRET_ENV,
     Settings,
     load_settings,
     write_new_secret,
 )
-from gateway.spool import Spool
-from gateway.state import Deliveries, PseudonymStore, backup_database, status_report
+
+if TYPE_CHECKING:  # the database library is imported only by the commands that use it
+    from gateway.state import PseudonymStore
 
 DEFAULT_CONFIG = "config/gateway.toml"
 CONFIG_ENV = "DICOM_GATEWAY_CONFIG"
@@ -81,14 +81,19 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     settings = _settings(args)
     secret = settings.require_secret()
     settings.prepare_data_dir()
-    store = PseudonymStore(settings.database_url)
+
+    def open_store() -> PseudonymStore:
+        from gateway.state import PseudonymStore
+
+        return PseudonymStore(settings.database_url)
+
+    anonymizer = Anonymizer(settings.policy(), secret, open_store,
+                            Quarantine(settings.quarantine_dir), workers=args.workers)
     try:
-        anonymizer = Anonymizer(settings.policy(), secret, store,
-                                Quarantine(settings.quarantine_dir), workers=args.workers)
         progress = _print_progress if sys.stderr.isatty() and not args.json else None
         summary = anonymize_tree(Path(args.src), Path(args.dst), anonymizer, progress)
     finally:
-        store.close()
+        anonymizer.close()
     log.info("anonymize finished", files_in=summary.files_in, written=summary.written,
              quarantined=summary.quarantined, skipped=summary.skipped,
              duplicates=summary.duplicates)
@@ -125,6 +130,8 @@ def _print_summary(summary: Summary, out: TextIO) -> None:
 
 
 def cmd_map_lookup(args: argparse.Namespace) -> int:
+    from gateway.state import PseudonymStore
+
     settings = _settings(args)
     store = PseudonymStore(settings.database_url)
     try:
@@ -141,6 +148,8 @@ def cmd_map_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_map_export(args: argparse.Namespace) -> int:
+    from gateway.state import PseudonymStore
+
     settings = _settings(args)
     store = PseudonymStore(settings.database_url)
     out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
@@ -206,6 +215,9 @@ def _selected(quarantine: Quarantine, args: argparse.Namespace) -> list[Quaranti
 
 def cmd_quarantine_release(args: argparse.Namespace) -> int:
     """Send each entry back the way it came (see gateway.release)."""
+    from gateway.release import Releaser
+    from gateway.state import Deliveries, PseudonymStore
+
     settings = _settings(args)
     quarantine = Quarantine(settings.quarantine_dir)
     store = PseudonymStore(settings.database_url)
@@ -256,6 +268,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.spool import Spool
+    from gateway.state import Deliveries, status_report
+
     settings = _settings(args)
     deliveries = Deliveries(settings.database_url)
     try:
@@ -317,6 +332,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """The pseudonym map and the secret together: without both, pseudonyms cannot be traced."""
+    from gateway.state import backup_database
+
     settings = _settings(args)
     target = Path(args.folder)
     target.mkdir(parents=True, exist_ok=True, mode=0o700)

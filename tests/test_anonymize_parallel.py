@@ -44,3 +44,26 @@ def test_two_workers_write_exactly_what_one_writes(tmp_path: Path, capsys) -> No
     assert parallel == serial
     assert parallel["duplicates"] == serial["duplicates"] > 0
     assert parallel_tree == serial_tree
+
+
+def test_a_map_that_cannot_be_opened_stops_the_workers_and_leaves_no_files(tmp_path: Path,
+                                                                            capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "secret.key").write_text("cd" * 32)
+    src = tmp_path / "src"
+    for copy in range(40):  # 240 files: the workers are still busy when the map fails
+        folder = src / f"set{copy}"
+        folder.mkdir(parents=True)
+        for name in NAMES:
+            shutil.copy(get_testdata_file(name), folder / name)
+    (tmp_path / "blocked").write_text("a file where the map's folder would be")
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "var"}"\n'
+                      f'secret_file = "{tmp_path / "secret.key"}"\n'
+                      f'database_url = "sqlite:///{tmp_path / "blocked" / "map.db"}"\n')
+    code = main(["anonymize", "--config", str(config), "--workers", "2", str(src),
+                 str(tmp_path / "out")])
+    assert code == 3  # a state error, named on standard error
+    assert "cannot open the database" in capsys.readouterr().err
+    out = tmp_path / "out"
+    left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert left == []  # neither clean copies without their map entries nor temporaries
