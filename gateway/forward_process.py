@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import socket
 import subprocess
@@ -175,6 +176,7 @@ class ForwardProcess:
 def main(fd: int) -> None:
     conn = Connection(fd)
     settings: Settings = conn.recv()
+    os.nice(settings.forward.nice)  # receiving answers senders first (see ForwardSettings)
     # Ctrl-C reaches the whole process group; the serving process says when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -4,6 +4,7 @@ covered end to end by the serve tests."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from pathlib import Path
@@ -61,3 +62,29 @@ port = 11112
     with pytest.raises(StateError, match="forwarding process did not start"):
         forwarding.start()
     assert time.monotonic() - started < START_SECONDS / 2  # its exit is noticed, not waited out
+
+
+def test_forwarding_runs_below_receiving_priority(tmp_path: Path) -> None:
+    (tmp_path / "secret.key").write_text("ab" * 32)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+data_dir = "{tmp_path / 'var'}"
+secret_file = "{tmp_path / 'secret.key'}"
+[forward]
+nice = 7
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+port = 11112
+""")
+    settings = load_settings(config)
+    settings.prepare_data_dir()
+    forwarding = ForwardProcess(settings, Spool(settings.spool_dir).prepare(owner=True)).start()
+    try:
+        process = forwarding._process
+        assert process is not None
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) == os.getpriority(
+            os.PRIO_PROCESS, 0) + 7
+    finally:
+        forwarding.stop(1.0)
