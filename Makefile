@@ -10,6 +10,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m compileall -q gateway  # editable installs are not compiled ahead
 	touch $@
 
 system-deps:
@@ -33,6 +34,7 @@ pytest: $(BIN)/.installed
 ## bench: end-to-end and offline speed against dcmtk and dicognito (not a test; takes minutes)
 bench: $(BIN)/.installed system-deps
 	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m compileall -q gateway  # as installed: no compiling at each command's start
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -99,9 +99,12 @@ def write_atomically(path: Path, data: bytes | Chunks, durable: bool = False) ->
 
 def write_temporary(path: Path, data: bytes | Chunks, durable: bool = False) -> Path:
     """Write ``data`` beside ``path`` under a temporary name (renamed into place later)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temp_numbers)}.tmp")
-    write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
+    try:
+        write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
+    except FileNotFoundError:  # its folder is new (most files go to one made for an earlier one)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
     return temp
 
 
@@ -122,7 +125,7 @@ class Cleaned:
     name beside its destination (light to pass between processes)."""
 
     relative: tuple[str, str, str, str]  # patient, study, series, instance file name
-    temporary: Path
+    temporary: str
     size: int
     pseudonyms: list[Pseudonym]
     unhandled: tuple[int, ...]
@@ -147,7 +150,7 @@ def clean_file(path: Path, dst: Path, policy: Policy, secret: bytes) -> Outcome:
         temporary = write_temporary(dst.joinpath(*relative), clean.chunks)
     except OSError as exc:
         return exc
-    return Cleaned(relative, temporary, clean.size, clean.result.pseudonyms,
+    return Cleaned(relative, str(temporary), clean.size, clean.result.pseudonyms,
                    tuple(clean.result.unhandled))
 
 
@@ -169,7 +172,8 @@ def _discard(results: Iterator[Outcome]) -> None:
     with contextlib.suppress(CancelledError, BrokenProcessPool):
         for outcome in results:
             if isinstance(outcome, Cleaned):
-                outcome.temporary.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(outcome.temporary)
 
 
 class Anonymizer:
@@ -188,7 +192,7 @@ class Anonymizer:
         self.workers = max(1, workers)
         self._pending: list[Pseudonym] = []
         self._pending_files = 0
-        self._written: set[Path] = set()
+        self._written: set[str] = set()
 
     def outcomes(self, files: list[Path], dst: Path) -> Iterator[Outcome]:
         if self.workers == 1 or len(files) < 2 * WORKER_CHUNK:
@@ -239,15 +243,16 @@ class Anonymizer:
         summary.reasons[error.reason] += 1
 
     def _write(self, cleaned: Cleaned, dst: Path, summary: Summary) -> None:
-        target = dst.joinpath(*cleaned.relative)
+        target = os.path.join(dst, *cleaned.relative)  # strings: thousands of files a second
         if target in self._written:
             summary.duplicates += 1  # e.g. one instance in two transfer syntaxes: the last wins
         self._written.add(target)
         # Renaming over an existing file makes ext4 write the new one out at once (its
         # replace-via-rename safeguard), ~1 ms each. The originals stay where they are, so
         # the copies need no forced write-out: the system writes them in its own time.
-        target.unlink(missing_ok=True)
-        cleaned.temporary.replace(target)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
+        os.rename(cleaned.temporary, target)
         log.debug("de-identified", sop_instance_uid=cleaned.relative[3][: -len(".dcm")],
                   size=cleaned.size)
         summary.written += 1
