@@ -12,6 +12,7 @@ Any SQLAlchemy URL works; SQLite under the data folder is the default.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import threading
@@ -169,6 +170,35 @@ def _aggregate(pseudonyms: Iterable[Pseudonym]) -> dict[tuple[str, str], tuple[s
     return merged
 
 
+class _Writer:
+    """A store's own connection for its writes, held open: taking one from the pool for each
+    small transaction cost more than the transaction's own work. One that fails is dropped and
+    the next write opens another."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with WRITE_LOCK:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            try:
+                with self._conn.begin():
+                    yield self._conn
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        with WRITE_LOCK:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.close()
+
+
 class PendingRecord:
     """A map write queued for the next group commit; ``wait`` returns once it is durable."""
 
@@ -211,6 +241,7 @@ class PseudonymStore:
         self._queue: list[PendingRecord] = []
         self._committing = threading.Lock()  # held by the thread writing a group
         self._closing = False
+        self._writer = _Writer(self.engine)
 
     def close(self) -> None:
         with self._lock:
@@ -218,6 +249,7 @@ class PseudonymStore:
         with self._committing:
             self._commit_queued()
         self.flush()
+        self._writer.close()
         self.engine.dispose()
 
     def record(
@@ -313,7 +345,7 @@ class PseudonymStore:
                    "first_seen": seen, "last_seen": seen, "count": count}
                   for (kind, original), (pseudonym, count, seen) in rows.items()]
         try:
-            with WRITE_LOCK, self.engine.begin() as conn:
+            with self._writer.transaction() as conn:
                 if counts:
                     _add_counts(conn, counts)
                 if not values:
@@ -441,6 +473,22 @@ class CounterRow(Base):
 
 
 COUNTERS: Table = CounterRow.__table__  # type: ignore[assignment]
+DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
+
+
+def _delivery_upsert(dialect: str) -> Any:
+    """The dialect's INSERT of a delivery row that replaces the row's outcome, if it has one."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    else:
+        return None
+    statement = insert(DELIVERIES)
+    return statement.on_conflict_do_update(
+        index_elements=["entry_id", "destination"],
+        set_={"outcome": statement.excluded.outcome, "at": statement.excluded.at},
+    )
 
 
 class Deliveries:
@@ -449,11 +497,14 @@ class Deliveries:
 
     def __init__(self, url: str) -> None:
         self.engine = open_engine(url)
+        self._writer = _Writer(self.engine)
+        self._upsert = _delivery_upsert(self.engine.dialect.name)
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
 
     def close(self) -> None:
         self.flush()
+        self._writer.close()
         self.engine.dispose()
 
     def record(
@@ -468,11 +519,18 @@ class Deliveries:
         if not rows:
             return
         now = datetime.now(UTC)
+        values = [{"entry_id": entry_id, "destination": destination, "outcome": outcome,
+                   "at": now} for entry_id, destination, outcome in rows]
         try:
-            with WRITE_LOCK, Session(self.engine) as session, session.begin():
-                for entry_id, destination, outcome in rows:
-                    session.merge(DeliveryRow(entry_id=entry_id, destination=destination,
-                                              outcome=outcome, at=now))
+            with self._writer.transaction() as conn:
+                if self._upsert is not None:
+                    conn.execute(self._upsert, values)
+                else:  # databases without INSERT ... ON CONFLICT
+                    for v in values:
+                        conn.execute(delete(DELIVERIES).where(
+                            DELIVERIES.c.entry_id == v["entry_id"],
+                            DELIVERIES.c.destination == v["destination"]))
+                        conn.execute(DELIVERIES.insert().values(**v))
         except SQLAlchemyError as exc:
             raise StateError(f"cannot write delivery state ({type(exc).__name__})") from exc
 
@@ -489,7 +547,7 @@ class Deliveries:
         if not +counts:
             return
         try:
-            with WRITE_LOCK, self.engine.begin() as conn:
+            with self._writer.transaction() as conn:
                 _add_counts(conn, counts)
         except SQLAlchemyError as exc:
             with self._lock:
