@@ -141,16 +141,23 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-def _upsert_statement(dialect: str) -> Any:
-    """The dialect's INSERT of map rows that turns a duplicate into an update (adding to its
-    count), if the dialect has one."""
+def _dialect_insert(dialect: str, table: Table) -> Any:
+    """The dialect's INSERT with ON CONFLICT, or None if the dialect has none."""
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
     else:
         return None
-    statement = insert(PSEUDONYMS)
+    return insert(table)
+
+
+def _upsert_statement(dialect: str) -> Any:
+    """The dialect's INSERT of map rows that turns a duplicate into an update (adding to its
+    count), if the dialect has one."""
+    statement = _dialect_insert(dialect, PSEUDONYMS)
+    if statement is None:
+        return None
     return statement.on_conflict_do_update(
         index_elements=["kind", "original"],
         set_={"count": PSEUDONYMS.c.count + statement.excluded.count,
@@ -478,13 +485,9 @@ DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
 
 def _delivery_upsert(dialect: str) -> Any:
     """The dialect's INSERT of a delivery row that replaces the row's outcome, if it has one."""
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
-    else:
+    statement = _dialect_insert(dialect, DELIVERIES)
+    if statement is None:
         return None
-    statement = insert(DELIVERIES)
     return statement.on_conflict_do_update(
         index_elements=["entry_id", "destination"],
         set_={"outcome": statement.excluded.outcome, "at": statement.excluded.at},
