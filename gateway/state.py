@@ -50,7 +50,7 @@ from gateway.errors import StateError
 WRITE_LOCK = threading.RLock()
 
 
-KNOWN_CACHE = 100_000  # pairs remembered as written; bounded so memory stays flat
+KNOWN_CACHE = 20_000  # pairs remembered as written (about 4 MB); bounded so memory stays flat
 COUNT_FLUSH_SECONDS = 2.0
 COMMIT_WAIT_SECONDS = 60.0  # bound on waiting for a map commit (SQLite waits 10 s for locks)
 
