@@ -12,9 +12,10 @@ import itertools
 import multiprocessing
 import os
 import re
-from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, ProcessPoolExecutor
+import signal
+from collections import Counter, deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,17 +95,25 @@ def output_path(dst: Path, clean: CleanInstance) -> Path:
 
 def write_atomically(path: Path, data: bytes | Chunks, durable: bool = False) -> None:
     temp = write_temporary(path, data, durable)
-    temp.replace(path)
+    try:
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def write_temporary(path: Path, data: bytes | Chunks, durable: bool = False) -> Path:
     """Write ``data`` beside ``path`` under a temporary name (renamed into place later)."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temp_numbers)}.tmp")
     try:
-        write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
-    except FileNotFoundError:  # its folder is new (most files go to one made for an earlier one)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
+        try:
+            write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
+        except FileNotFoundError:  # a new folder (most files go to one made for an earlier one)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_file(temp, data, mode=0o644, durable=durable, exclusive=False)
+    except BaseException:  # a full disk, Ctrl-C: no partial file left behind
+        temp.unlink(missing_ok=True)
+        raise
     return temp
 
 
@@ -160,20 +169,26 @@ _worker_setup: tuple[Path, Policy, bytes] | None = None
 def _start_worker(dst: Path, policy: Policy, secret: bytes) -> None:
     global _worker_setup
     _worker_setup = (dst, policy, secret)
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the workers (each
+    # finishes its files, whose temporaries the parent then removes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _clean_in_worker(path: Path) -> Outcome:
+def _clean_in_worker(paths: list[Path]) -> list[Outcome]:
     assert _worker_setup is not None
-    return clean_file(path, *_worker_setup)
+    return [clean_file(path, *_worker_setup) for path in paths]
 
 
-def _discard(results: Iterator[Outcome]) -> None:
-    """Remove the temporaries of the outcomes that were finished but not taken."""
-    with contextlib.suppress(CancelledError, BrokenProcessPool):
-        for outcome in results:
-            if isinstance(outcome, Cleaned):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(outcome.temporary)
+def _discard(outcomes: Iterable[Outcome], futures: Iterable[Future[list[Outcome]]]) -> None:
+    """Remove the temporaries of outcomes that will not be taken: those given, and those of
+    the workers' chunks that were not cancelled (waiting for the ones being worked on)."""
+    cleaned = [o for o in outcomes if isinstance(o, Cleaned)]
+    for future in futures:
+        with contextlib.suppress(CancelledError, BrokenProcessPool):
+            cleaned += [o for o in future.result() if isinstance(o, Cleaned)]
+    for outcome in cleaned:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(outcome.temporary)
 
 
 class Anonymizer:
@@ -194,7 +209,7 @@ class Anonymizer:
         self._pending_files = 0
         self._written: set[str] = set()
 
-    def outcomes(self, files: list[Path], dst: Path) -> Iterator[Outcome]:
+    def outcomes(self, files: list[Path], dst: Path) -> Generator[Outcome, None, None]:
         if self.workers == 1 or len(files) < 2 * WORKER_CHUNK:
             self.store = self.open_store()
             yield from (clean_file(path, dst, self.policy, self.secret) for path in files)
@@ -205,14 +220,21 @@ class Anonymizer:
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_start_worker,
                                  initargs=(dst, self.policy, self.secret)) as pool:
-            results = pool.map(_clean_in_worker, files, chunksize=WORKER_CHUNK)
+            chunks = deque(pool.submit(_clean_in_worker, files[start : start + WORKER_CHUNK])
+                           for start in range(0, len(files), WORKER_CHUNK))
+            current: deque[Outcome] = deque()
             try:
                 self.store = self.open_store()
-                yield from results
+                while chunks:
+                    current = deque(chunks[0].result())
+                    chunks.popleft()  # taken: its memory goes with it
+                    while current:
+                        yield current.popleft()
             except BaseException:
                 # Stop at once (not after every file) and leave no temporaries behind.
-                pool.shutdown(cancel_futures=True)
-                _discard(results)
+                for future in chunks:
+                    future.cancel()
+                _discard(current, chunks)
                 raise
 
     def close(self) -> None:
@@ -276,10 +298,19 @@ def anonymize_tree(
     check_folders(src, dst)
     files = list(iter_files(src))
     summary = Summary(files_in=len(files))
-    for done, (path, outcome) in enumerate(zip(files, anonymizer.outcomes(files, dst), strict=True),
-                                           start=1):
-        anonymizer.take(outcome, path, dst, summary)
-        if progress is not None:
-            progress(done, len(files))
+    outcomes = anonymizer.outcomes(files, dst)
+    try:
+        for done, (path, outcome) in enumerate(zip(files, outcomes, strict=True), start=1):
+            try:
+                anonymizer.take(outcome, path, dst, summary)
+            except BaseException:
+                if isinstance(outcome, Cleaned):  # not renamed into place: not left behind
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(outcome.temporary)
+                raise
+            if progress is not None:
+                progress(done, len(files))
+    finally:
+        outcomes.close()  # if it ended early: stops the workers, removes what they wrote
     anonymizer.flush()
     return summary

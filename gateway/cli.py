@@ -43,6 +43,7 @@ EXIT_OK = 0
 EXIT_ATTENTION = 1
 EXIT_CONFIG = 2
 EXIT_STATE = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -454,6 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_STATE

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pydicom
 from pydicom.data import get_testdata_file
 
 from gateway.cli import main
@@ -67,3 +73,45 @@ def test_a_map_that_cannot_be_opened_stops_the_workers_and_leaves_no_files(tmp_p
     out = tmp_path / "out"
     left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert left == []  # neither clean copies without their map entries nor temporaries
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    """A source file that is a FIFO holds one worker until the test opens it: the files after
+    it are finished by the other worker but not yet taken when Ctrl-C comes."""
+    (tmp_path / "secret.key").write_text("cd" * 32)
+    src, dst = tmp_path / "src", tmp_path / "out"
+    for copy in range(20):
+        folder = src / f"set{copy:02d}"
+        folder.mkdir(parents=True)
+        for name in NAMES[:4]:
+            shutil.copy(get_testdata_file(name), folder / name)
+    fifo = src / "set05" / "held.dcm"
+    os.mkfifo(fifo)
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "var"}"\n'
+                      f'secret_file = "{tmp_path / "secret.key"}"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "anonymize", "--config", str(config),
+         "--workers", "2", str(src), str(dst)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        # The files before the held one are taken (renamed into place); some after it wait.
+        while not (any(dst.rglob("*.dcm")) and any(p.name.endswith(".tmp") for p in dst.rglob(".*"))):
+            assert process.poll() is None and time.monotonic() < deadline, "did not get there"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole group
+        with open(fifo, "wb"):
+            pass  # lets the held worker go on (an empty file: skipped)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert [p for p in dst.rglob("*") if p.name.endswith(".tmp")] == []
+    outputs = list(dst.rglob("*.dcm"))
+    assert outputs  # what was taken before Ctrl-C stays, whole
+    for path in outputs:
+        assert pydicom.dcmread(path).PatientIdentityRemoved == "YES"
