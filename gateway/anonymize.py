@@ -15,8 +15,7 @@ import re
 import signal
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,7 +183,8 @@ def _discard(outcomes: Iterable[Outcome], futures: Iterable[Future[list[Outcome]
     the workers' chunks that were not cancelled (waiting for the ones being worked on)."""
     cleaned = [o for o in outcomes if isinstance(o, Cleaned)]
     for future in futures:
-        with contextlib.suppress(CancelledError, BrokenProcessPool):
+        # Cancelled, a worker gone, or the failure being reported: no outcomes to remove.
+        with contextlib.suppress(Exception):
             cleaned += [o for o in future.result() if isinstance(o, Cleaned)]
     for outcome in cleaned:
         with contextlib.suppress(FileNotFoundError):
