@@ -497,6 +497,8 @@ def main() -> int:
                 "instances": result.instances, "per_s": round(result.per_second, 1),
                 "rss_mb_first_fifth": round(statistics.mean(samples[:fifth]) / 1024, 1),
                 "rss_mb_last_fifth": round(statistics.mean(samples[-fifth:]) / 1024, 1),
+                "rss_mb_by_fifth": [round(statistics.mean(samples[i * fifth : (i + 1) * fifth])
+                                          / 1024, 1) for i in range(5)],
                 "peak_rss_mb": round(result.peak_rss_mb or 0, 1),
             }
         if "offline" not in args.skip:

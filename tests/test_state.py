@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import state
 from gateway.deid.engine import Pseudonym
 from gateway.errors import InstanceError, LeakDetected, MalformedInstance, StateError
 from gateway.quarantine import ORIGINAL, RECORD, Quarantine
@@ -65,6 +66,19 @@ def test_record_batch_counts_repeats_within_the_batch(store):
     other = Pseudonym("uid", "1.2.4", "2.25.100")
     store.record([pair, pair, other, pair])
     assert [(e.original, e.count) for e in store.export(["uid"])] == [("1.2.3", 3), ("1.2.4", 1)]
+
+
+def test_memory_of_written_pairs_is_bounded_and_counts_stay_exact(store, monkeypatch):
+    monkeypatch.setattr(state, "KNOWN_CACHE", 5)
+    first = Pseudonym("uid", "1.2.3.0", "2.25.0")
+    store.record([first])
+    for n in range(1, 20):  # one new instance UID after another pushes the first out
+        store.record([Pseudonym("uid", f"1.2.3.{n}", f"2.25.{n}")])
+    assert len(store._known) <= 5
+    store.record([first])  # forgotten, so written again: counted, not duplicated
+    store.record([first])
+    [entry] = store.lookup("1.2.3.0")
+    assert (entry.pseudonym, entry.count) == ("2.25.0", 3)
 
 
 def test_record_empty_batch_is_a_no_op(store):
