@@ -17,21 +17,29 @@ from gateway.settings import DeidentifySettings, load_settings
 from gateway.spool import Spool
 
 
-def test_the_forwarding_process_gets_no_key_and_no_patient_table(tmp_path: Path) -> None:
+def write_config(tmp_path: Path, gateway: str = "", sections: str = "") -> Path:
+    """A config with a secret and one destination, plus ``gateway`` keys and ``sections``."""
     (tmp_path / "secret.key").write_text("ab" * 32)
-    (tmp_path / "subjects.csv").write_text("MRN-0001,SUBJ-1\n")
     config = tmp_path / "gateway.toml"
     config.write_text(f"""
 [gateway]
 data_dir = "{tmp_path / 'var'}"
 secret_file = "{tmp_path / 'secret.key'}"
-[deidentify.patient]
-mode = "table"
-table_file = "{tmp_path / 'subjects.csv'}"
+{gateway}
+{sections}
 [[destinations]]
 name = "archive"
 ae_title = "ARCHIVE"
 port = 11112
+""")
+    return config
+
+
+def test_the_forwarding_process_gets_no_key_and_no_patient_table(tmp_path: Path) -> None:
+    (tmp_path / "subjects.csv").write_text("MRN-0001,SUBJ-1\n")
+    config = write_config(tmp_path, sections=f"""[deidentify.patient]
+mode = "table"
+table_file = "{tmp_path / 'subjects.csv'}"
 """)
     settings = load_settings(config)
     assert settings.secret is not None and settings.deidentify.patient.table  # as served
@@ -45,18 +53,8 @@ port = 11112
 
 
 def test_a_forwarding_process_that_cannot_start_is_reported_not_waited_for(tmp_path: Path) -> None:
-    (tmp_path / "secret.key").write_text("ab" * 32)
-    config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-data_dir = "{tmp_path / 'var'}"
-secret_file = "{tmp_path / 'secret.key'}"
-database_url = "sqlite:////proc/no-such-folder/gateway.db"
-[[destinations]]
-name = "archive"
-ae_title = "ARCHIVE"
-port = 11112
-""")
+    config = write_config(tmp_path,
+                          gateway='database_url = "sqlite:////proc/no-such-folder/gateway.db"')
     forwarding = ForwardProcess(load_settings(config), Spool(tmp_path / "spool"))
     started = time.monotonic()
     with pytest.raises(StateError, match="forwarding process did not start"):
@@ -65,20 +63,7 @@ port = 11112
 
 
 def test_forwarding_runs_below_receiving_priority(tmp_path: Path) -> None:
-    (tmp_path / "secret.key").write_text("ab" * 32)
-    config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-data_dir = "{tmp_path / 'var'}"
-secret_file = "{tmp_path / 'secret.key'}"
-[forward]
-nice = 7
-[[destinations]]
-name = "archive"
-ae_title = "ARCHIVE"
-port = 11112
-""")
-    settings = load_settings(config)
+    settings = load_settings(write_config(tmp_path, sections="[forward]\nnice = 7"))
     settings.prepare_data_dir()
     forwarding = ForwardProcess(settings, Spool(settings.spool_dir).prepare(owner=True)).start()
     try:
