@@ -312,5 +312,5 @@ def anonymize_tree(
                 progress(done, len(files))
     finally:
         outcomes.close()  # if it ended early: stops the workers, removes what they wrote
-    anonymizer.flush()
+        anonymizer.flush()  # what was taken is in DST, also after Ctrl-C: its pairs are mapped
     return summary

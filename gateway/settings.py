@@ -423,9 +423,9 @@ def _read_forward(section: _Section) -> ForwardSettings:
         retry_max_seconds=_seconds(section, "retry_max_seconds", 300.0),
         max_retry_age_hours=_seconds(section, "max_retry_age_hours", 168.0),
         rescan_seconds=_seconds(section, "rescan_seconds", 30.0),
-        nice=_at_least(section, "nice", 0, 10),
+        nice=section.get("nice", int, 10),
     )
-    if result.nice > MAX_NICE:
+    if not 0 <= result.nice <= MAX_NICE:
         raise ConfigError(f"{section.key('nice')}: must be 0 to {MAX_NICE}")
     if result.retry_max_seconds < result.retry_initial_seconds:
         raise ConfigError(

@@ -15,6 +15,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from gateway.cli import main
+from gateway.state import PseudonymStore
 
 NAMES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "SC_rgb_rle.dcm",
          "MR_small_RLE.dcm"]  # the last shares MR_small's SOP Instance UID: a duplicate
@@ -112,6 +113,12 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_temporaries(tmp_path: Path) -> N
     assert b"interrupted" in err and b"Traceback" not in err
     assert [p for p in dst.rglob("*") if p.name.endswith(".tmp")] == []
     outputs = list(dst.rglob("*.dcm"))
-    assert outputs  # what was taken before Ctrl-C stays, whole
-    for path in outputs:
-        assert pydicom.dcmread(path).PatientIdentityRemoved == "YES"
+    assert outputs  # what was taken before Ctrl-C stays, whole, and can be traced back
+    store = PseudonymStore(f"sqlite:///{tmp_path / 'var' / 'gateway.db'}")
+    try:
+        for path in outputs:
+            ds = pydicom.dcmread(path)
+            assert ds.PatientIdentityRemoved == "YES"
+            assert [e.kind for e in store.lookup(ds.SOPInstanceUID)] == ["uid"]
+    finally:
+        store.close()

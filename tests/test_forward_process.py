@@ -69,7 +69,7 @@ def test_forwarding_runs_below_receiving_priority(tmp_path: Path) -> None:
     try:
         process = forwarding._process
         assert process is not None
-        assert os.getpriority(os.PRIO_PROCESS, process.pid) == os.getpriority(
-            os.PRIO_PROCESS, 0) + 7
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) == min(ours + 7, 19)
     finally:
         forwarding.stop(1.0)

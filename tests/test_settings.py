@@ -465,4 +465,4 @@ def test_forward_nice_is_a_unix_nice_increment(tmp_path):
     assert load_settings(write_config(tmp_path, "")).forward.nice == 10
     assert load_settings(write_config(tmp_path, "[forward]\nnice = 0")).forward.nice == 0
     assert config_error(tmp_path, "[forward]\nnice = 20") == "forward.nice: must be 0 to 19"
-    assert config_error(tmp_path, "[forward]\nnice = -1") == "forward.nice: must be 0 or more"
+    assert config_error(tmp_path, "[forward]\nnice = -1") == "forward.nice: must be 0 to 19"
