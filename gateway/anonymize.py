@@ -304,9 +304,7 @@ def anonymize_tree(
             try:
                 anonymizer.take(outcome, path, dst, summary)
             except BaseException:
-                if isinstance(outcome, Cleaned):  # not renamed into place: not left behind
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(outcome.temporary)
+                _discard([outcome], ())  # not renamed into place: not left behind
                 raise
             if progress is not None:
                 progress(done, len(files))
