@@ -1,6 +1,7 @@
 """End-to-end benchmark: dcmtk storescu -> storescp directly (the limit) against
 storescu -> dicom-gateway -> storescp, on the same generated CT study, in one run; latency at a
-low rate; the gateway's peak RSS and CPU per instance; offline anonymize against dicognito.
+low rate; the gateway's peak RSS and CPU per instance; offline anonymize against the open
+tools dicognito and dcmanon on a mixed folder.
 
 Not a test: prints a table and writes JSON (bench/results/latest.json). Run with `make bench`.
 Loopback only; every process it starts is stopped; every wait is bounded.
@@ -24,7 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.data import get_testdata_file, get_testdata_files
@@ -33,7 +36,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 
 from gateway.deid.elements import read_encoded
-from gateway.deid.engine import SOP_INSTANCE_UID
+from gateway.deid.engine import SOP_CLASS_UID, SOP_INSTANCE_UID
 from gateway.errors import GatewayError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +53,7 @@ def dcmtk(tool: str) -> str:
     return shutil.which(tool, path=os.pathsep.join(folders)) or tool
 
 WAIT = 600.0
+OPEN_TOOLS = ("dicognito", "dcmanon")  # compared with offline `anonymize`
 
 
 def free_port() -> int:
@@ -96,7 +100,9 @@ def guard_reactor(assoc: Association) -> None:
 def make_study(folder: Path, count: int) -> list[Path]:
     """``count`` CT instances of 512x512 16-bit (0.5 MB), one patient, one study, one series."""
     folder.mkdir(parents=True, exist_ok=True)
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    source = get_testdata_file("CT_small.dcm")
+    assert isinstance(source, str), "pydicom's test file CT_small.dcm is missing"
+    template = pydicom.dcmread(source)
     template.Rows, template.Columns = ROWS, COLUMNS
     template.PatientName, template.PatientID = "Benchmark^Patient", "BENCH-0001"
     template.StudyInstanceUID, template.SeriesInstanceUID = generate_uid(), generate_uid()
@@ -324,6 +330,10 @@ def run_latency(workdir: Path, paths: list[Path], through_gateway: bool) -> dict
         return measure_latency(archive_port, "ARCHIVE", paths, times_file)
 
 
+def times_recorded(times_file: Path, count: int) -> bool:
+    return len(times_file.read_text().split()) >= count
+
+
 def measure_latency(port: int, called: str, paths: list[Path], times_file: Path
                     ) -> dict[str, float]:
     datasets = [pydicom.dcmread(p) for p in paths]
@@ -340,8 +350,7 @@ def measure_latency(port: int, called: str, paths: list[Path], times_file: Path
             sent = time.time()
             assoc.send_c_store(ds)
             acks.append(time.time() - sent)
-            if not wait_until(lambda n=index + 1: len(times_file.read_text().split()) >= n,
-                              30, step=0.0005):
+            if not wait_until(partial(times_recorded, times_file, index + 1), 30, step=0.0005):
                 raise RuntimeError("an instance did not arrive")
             arrivals.append(float(times_file.read_text().split()[index]) - sent)
             time.sleep(0.05)  # a low rate: no queueing, only the path's own delay
@@ -352,72 +361,145 @@ def measure_latency(port: int, called: str, paths: list[Path], times_file: Path
             "arrival_p99_ms": percentile(arrivals, 0.99) * 1000}
 
 
-def offline_folder(folder: Path, copies: int) -> int:
-    """Every pydicom test instance the gateway reads, copied until ``copies`` files."""
+def offline_sources() -> list[Path]:
+    """Every pydicom test file the gateway reads as an instance (dicognito stops at the first
+    file it reads that is not one)."""
     sources = []
     for path in get_testdata_files():
         try:
             if not read_encoded(Path(path).read_bytes()).text(SOP_INSTANCE_UID):
-                continue  # not an instance (dicognito stops at the first such file)
+                continue
         except (GatewayError, OSError):
             continue
         sources.append(Path(path))
-    count = 0
-    while count < copies:
-        for source in sources:
+    return sources
+
+
+def renumbered(data: bytes, number: int) -> bytes | None:
+    """``data`` with its SOP Instance UID replaced by one unique to ``number``, of the same
+    length, so that no length in the file changes; None when that cannot be done (a UID too
+    short, or one inside a deflated data set).
+
+    Copies of one file would otherwise be one instance: every tool names its output by the
+    instance's UID, and each copy would overwrite the one before."""
+    old = read_encoded(data).text(SOP_INSTANCE_UID)
+    digits = len(old) - len("2.25.1")
+    if digits < len(str(number)):
+        return None
+    new = f"2.25.1{number:0{digits}d}"
+    result = data.replace(old.encode("ascii"), new.encode("ascii"))
+    try:
+        return result if read_encoded(result).text(SOP_INSTANCE_UID) == new else None
+    except GatewayError:
+        return None
+
+
+def offline_folder(folder: Path, ct_paths: list[Path], copies: int) -> dict[str, int]:
+    """A mixed folder: the generated CT instances (hard links) and ``copies`` copies of
+    pydicom's test instances of many SOP classes, every file a distinct instance. A source
+    whose UID cannot be renumbered is copied once."""
+    (folder / "ct").mkdir(parents=True)
+    for path in ct_paths:
+        os.link(path, folder / "ct" / path.name)
+    sources = offline_sources()
+    sop_classes = {read_encoded(p.read_bytes()).text(SOP_CLASS_UID) for p in sources}
+    count, cycling, first_pass = 0, list(sources), True
+    while count < copies and cycling:
+        for source in list(cycling):
+            data = renumbered(source.read_bytes(), count)
+            if data is None:
+                cycling.remove(source)
+                if not first_pass:
+                    continue
+                data = source.read_bytes()  # once, as it is
             target = folder / f"set{count // len(sources):03d}" / f"{count:05d}-{source.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            target.write_bytes(data)
             count += 1
             if count >= copies:
                 break
-    return count
+        first_pass = False
+    return {"files": len(ct_paths) + count, "ct": len(ct_paths), "test_files": count,
+            "test_sources": len(sources), "sop_classes": len(sop_classes - {""})}
 
 
-def run_offline(workdir: Path, copies: int, with_dicognito: bool, rounds: int
+def count_files(folder: Path) -> int:
+    return sum(len(names) for _, _, names in os.walk(folder))
+
+
+@dataclass
+class OfflineRun:
+    files_per_s: float | None  # None when the tool stopped before the end (dicognito aborts)
+    written: int
+
+
+def run_offline(workdir: Path, ct_paths: list[Path], copies: int, others: list[str], rounds: int
                 ) -> dict[str, object]:
-    """Both tools on the same folder, ``rounds`` times each, alternating which goes first;
-    medians are reported.
+    """The gateway and the open tools in ``others`` on the same mixed folder, ``rounds`` times
+    each, alternating which goes first; medians are reported, with the files each run wrote.
 
     A fresh virtual machine writes its first gigabytes ~10x slower than later ones (the host
     backs guest memory on first touch), so the first tool to write would be penalised: an
-    untimed warm-up run goes first, and every output is deleted before the next run.
+    untimed warm-up run goes first, and every output is deleted and the disk synced before the
+    next run (no tool pays for writing out another's files). Other work on the machine shows
+    in the load averages recorded.
     """
     src = workdir / "offline-in"
-    files = offline_folder(src, copies)
+    folder = offline_folder(src, ct_paths, copies)
     config = gateway_config(workdir / "offline-gateway", free_port(), free_port())
     out = workdir / "offline-out"
 
-    def files_per_s(command: list[str], ok: tuple[int, ...]) -> float | None:
+    def run(command: list[str], ok: tuple[int, ...]) -> OfflineRun:
+        os.sync()
         started = time.monotonic()
         done = subprocess.run(command, capture_output=True, timeout=WAIT)
         elapsed = time.monotonic() - started
+        written = count_files(out)
         shutil.rmtree(out, ignore_errors=True)
-        return files / elapsed if done.returncode in ok else None
+        return OfflineRun(folder["files"] / elapsed if done.returncode in ok else None, written)
 
-    tools = {"gateway": [sys.executable, "-m", "gateway.cli", "anonymize", "--config",
-                         str(config), str(src), str(out)]}
-    if with_dicognito:
-        tools["dicognito"] = [sys.executable, "-m", "dicognito", "--quiet",
-                              "--assume-burned-in-annotation", "never",
-                              "--output-directory", str(out), str(src)]
-    # anonymize exits 1 when it quarantined some files (a few of pydicom's are meant to be)
-    success = {"gateway": (0, 1), "dicognito": (0,)}
-    files_per_s(tools["gateway"], success["gateway"])  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in tools}
+    commands = {
+        "gateway": [sys.executable, "-m", "gateway.cli", "anonymize", "--config", str(config),
+                    str(src), str(out)],
+        "dicognito": [sys.executable, "-m", "dicognito", "--quiet", "--assume-burned-in-annotation",
+                      "never", "--output-directory", str(out), str(src)],
+        "dcmanon": [sys.executable, str(ROOT / "bench" / "dcmanon_folder.py"), str(src), str(out)],
+    }
+    tools = ["gateway", *others]
+    # anonymize exits 1 when it quarantined some files (a few of pydicom's are meant to be);
+    # the dcmanon loop exits 1 when some files failed, having tried them all.
+    success = {"gateway": (0, 1), "dicognito": (0,), "dcmanon": (0, 1)}
+    run(commands["gateway"], success["gateway"])  # warm-up
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[OfflineRun]] = {name: [] for name in tools}
     for index in range(rounds):
-        for name in (list(tools) if index % 2 == 0 else list(reversed(tools))):
-            rate = files_per_s(tools[name], success[name])
-            if rate is not None:
-                rates[name].append(rate)
-    result: dict[str, object] = {"files": files, "rounds": rates}
-    for name, values in rates.items():
-        if values:
-            result[f"{name}_files_per_s"] = statistics.median(values)
-    if rates.get("dicognito") and len(rates["dicognito"]) == len(rates["gateway"]):
-        result["ratio"] = statistics.median(
-            g / d for g, d in zip(rates["gateway"], rates["dicognito"], strict=True))
-    return result
+        for name in (tools if index % 2 == 0 else list(reversed(tools))):
+            runs[name].append(run(commands[name], success[name]))
+    load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    return {**folder, **offline_summary(runs), "load_average_1min": load}
+
+
+def offline_summary(runs: dict[str, list[OfflineRun]]) -> dict[str, object]:
+    """Median files/s per tool, the median of the rounds' gateway/tool ratios, the files each
+    run wrote, and the fastest of the open tools (runs that stopped early count for none)."""
+    rates = {name: [r.files_per_s for r in tool_runs if r.files_per_s is not None]
+             for name, tool_runs in runs.items()}
+    medians = {name: round(statistics.median(values), 1) for name, values in rates.items() if values}
+    ratios = {}
+    for name, tool_runs in runs.items():
+        pairs = [(g.files_per_s, t.files_per_s) for g, t in zip(runs["gateway"], tool_runs, strict=True)
+                 if g.files_per_s is not None and t.files_per_s is not None]
+        if name != "gateway" and pairs:
+            ratios[name] = round(statistics.median(g / t for g, t in pairs), 2)
+    open_tools = [name for name in medians if name != "gateway"]
+    return {
+        "files_per_s": medians,
+        "ratios": ratios,  # gateway files/s over the tool's
+        "fastest_open_tool": max(open_tools, key=medians.__getitem__) if open_tools else None,
+        "rounds": {name: [None if r.files_per_s is None else round(r.files_per_s, 1)
+                          for r in tool_runs] for name, tool_runs in runs.items()},
+        "written": {name: [r.written for r in tool_runs] for name, tool_runs in runs.items()},
+    }
 
 
 def compare_throughput(workdir: Path, paths: list[Path], parallel: int, rounds: int
@@ -461,13 +543,17 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000, help="instances in the study")
     parser.add_argument("--parallel", type=int, default=4, help="associations in the parallel run")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="direct/gateway pairs per association count; medians are reported")
+                        help="direct/gateway pairs per association count, and offline rounds of every tool;"
+                             " medians are reported")
     parser.add_argument("--latency-count", type=int, default=100)
-    parser.add_argument("--offline-copies", type=int, default=3000)
+    parser.add_argument("--offline-copies", type=int, default=3000,
+                        help="pydicom test files (many SOP classes) in the offline folder")
+    parser.add_argument("--offline-ct", type=int, default=1000,
+                        help="CT instances of the study also in the offline folder (at most --count)")
     parser.add_argument("--soak", type=int, default=0,
                         help="also stream this many instances and sample the gateway's RSS")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["throughput", "latency", "offline", "dicognito"])
+                        choices=["throughput", "latency", "offline", *OPEN_TOOLS])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
@@ -502,8 +588,9 @@ def main() -> int:
                 "peak_rss_mb": round(result.peak_rss_mb or 0, 1),
             }
         if "offline" not in args.skip:
-            report["offline"] = run_offline(workdir, args.offline_copies,
-                                            "dicognito" not in args.skip, args.rounds)
+            others = [tool for tool in OPEN_TOOLS if tool not in args.skip]
+            report["offline"] = run_offline(workdir, paths[: args.offline_ct], args.offline_copies,
+                                            others, args.rounds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(report)
@@ -539,12 +626,33 @@ def print_table(report: dict[str, object]) -> None:
         print(f"\nsoak: {report['soak']}")
     offline = report.get("offline")
     if isinstance(offline, dict):
-        line = f"\noffline anonymize: {offline['files']} files, " \
-               f"gateway {offline['gateway_files_per_s']:.1f} files/s"
-        if "ratio" in offline:
-            line += f", dicognito {offline['dicognito_files_per_s']:.1f} files/s, " \
-                    f"ratio {offline['ratio']:.1f} (medians of {len(offline['rounds']['gateway'])})"
-        print(line)
+        print_offline(offline)
+
+
+def print_offline(offline: dict[str, Any]) -> None:
+    rounds = len(offline["rounds"]["gateway"])
+    print(f"\noffline anonymize: {offline['files']} files ({offline['ct']} CT, {offline['test_files']}"
+          f" copies of {offline['test_sources']} pydicom test files of {offline['sop_classes']}"
+          f" SOP classes), medians of {rounds} rounds")
+    print("  tool          files/s   gateway ratio   written")
+    for name, written in offline["written"].items():
+        rate = offline["files_per_s"].get(name)
+        ratio = offline["ratios"].get(name)
+        print(f"  {name:<10} {'stopped' if rate is None else f'{rate:.1f}':>10}"
+              f"   {'' if ratio is None else f'{ratio:13.2f}':>13}"
+              f"   {written_text(written, offline['files'])}")
+        if None in offline["rounds"][name]:
+            print(f"    {name} stopped early in {offline['rounds'][name].count(None)} of {rounds} rounds")
+    if offline["fastest_open_tool"]:
+        print(f"  fastest open tool: {offline['fastest_open_tool']}")
+    load = offline["load_average_1min"]
+    print(f"  load average (1 min, {os.cpu_count()} cores): {load['before']} before, {load['after']} after")
+
+
+def written_text(written: list[int], files: int) -> str:
+    """"wrote N of M", with the range when the rounds differ."""
+    low, high = min(written), max(written)
+    return f"wrote {low} of {files}" if low == high else f"wrote {low}-{high} of {files}"
 
 
 if __name__ == "__main__":

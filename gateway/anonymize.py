@@ -2,12 +2,15 @@
 
 Output is named by pseudonyms only: ``DST/<PatientID>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
 Files that fail go to quarantine with their reason; files that are not DICOM are counted and
-skipped. Nothing that failed ever appears in DST.
+skipped. Nothing that failed ever appears in DST, and no output of a run is replaced by a
+different one of the same run (another instance with the same SOP Instance UID goes to
+quarantine instead).
 """
 
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import itertools
 import multiprocessing
 import os
@@ -23,7 +26,13 @@ from typing import TYPE_CHECKING
 from gateway import logs
 from gateway.deid.engine import PATIENT_ID, SERIES_INSTANCE_UID, STUDY_INSTANCE_UID, Policy, Pseudonym
 from gateway.deidentify import CleanInstance, deidentify_bytes
-from gateway.errors import ConfigError, InstanceError, NotDicom
+from gateway.errors import (
+    ConfigError,
+    ConflictingInstance,
+    InstanceError,
+    NotDicom,
+    unexpected_errors_as_malformed,
+)
 from gateway.files import Chunks, write_file
 from gateway.quarantine import Quarantine
 
@@ -45,7 +54,7 @@ class Summary:
     written: int = 0
     quarantined: int = 0
     skipped: int = 0
-    duplicates: int = 0  # written over an output of the same run (same SOP Instance UID)
+    duplicates: int = 0  # the same output again in this run (same instance, identical bytes)
     reasons: Counter[str] = field(default_factory=Counter)  # quarantine reasons
     skip_reasons: Counter[str] = field(default_factory=Counter)
     unhandled: Counter[int] = field(default_factory=Counter)  # tag -> files
@@ -144,16 +153,18 @@ Outcome = Cleaned | NotDicom | InstanceError | OSError
 
 def clean_file(path: Path, dst: Path, policy: Policy, secret: bytes) -> Outcome:
     """Read, de-identify and write one file (to a temporary name); failures come back as values,
-    in the order of the files."""
+    in the order of the files: whatever one file does, the others are still done (anything
+    unexpected comes back as MalformedInstance, to quarantine; MemoryError still stops the run)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         return exc
     try:
-        clean = deidentify_bytes(data, policy, secret)
+        with unexpected_errors_as_malformed():
+            clean = deidentify_bytes(data, policy, secret)
+            relative = relative_path(clean)
     except (NotDicom, InstanceError) as exc:
         return exc
-    relative = relative_path(clean)
     try:
         temporary = write_temporary(dst.joinpath(*relative), clean.chunks)
     except OSError as exc:
@@ -210,6 +221,7 @@ class Anonymizer:
         self._written: set[str] = set()
 
     def outcomes(self, files: list[Path], dst: Path) -> Generator[Outcome, None, None]:
+        self._written.clear()  # a new run: earlier runs' outputs may be replaced
         if self.workers == 1 or len(files) < 2 * WORKER_CHUNK:
             self.store = self.open_store()
             yield from (clean_file(path, dst, self.policy, self.secret) for path in files)
@@ -252,29 +264,46 @@ class Anonymizer:
         elif isinstance(outcome, InstanceError):
             self._quarantine(path, dst, outcome, summary)
         else:
-            self._write(outcome, dst, summary)
+            self._write(outcome, path, dst, summary)
 
     def _quarantine(self, path: Path, dst: Path, error: InstanceError, summary: Summary) -> None:
+        try:
+            original = path.read_bytes()
+        except OSError as exc:  # gone or changed since it was read: nothing to keep
+            self.take(exc, path, dst, summary)
+            return
         # Absolute: `quarantine release` may run from another working directory.
         # Not forced to disk: the original stays in SRC, and the next run finds it again.
-        record = self.quarantine.put(path.read_bytes(), str(path), error,
+        record = self.quarantine.put(original, str(path), error,
                                      {"destination": str(dst.resolve())}, durable=False)
         log.warning("quarantined", quarantine_id=record.id, reason=error.reason,
                     error=type(error).__name__)
         summary.quarantined += 1
         summary.reasons[error.reason] += 1
 
-    def _write(self, cleaned: Cleaned, dst: Path, summary: Summary) -> None:
+    def _write(self, cleaned: Cleaned, path: Path, dst: Path, summary: Summary) -> None:
+        """Put the output in place, over an output of an earlier run (a run again, with other
+        settings). A second output of this run at the same place is kept only when identical
+        (a duplicate); a different one (another instance with the same SOP Instance UID, a
+        header-only copy) is quarantined and the first one stays."""
         target = os.path.join(dst, *cleaned.relative)  # strings: thousands of files a second
         if target in self._written:
-            summary.duplicates += 1  # e.g. one instance in two transfer syntaxes: the last wins
-        self._written.add(target)
-        # Renaming over an existing file makes ext4 write the new one out at once (its
-        # replace-via-rename safeguard), ~1 ms each. The originals stay where they are, so
-        # the copies need no forced write-out: the system writes them in its own time.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(target)
-        os.rename(cleaned.temporary, target)
+            same = filecmp.cmp(cleaned.temporary, target, shallow=False)
+            os.unlink(cleaned.temporary)
+            if not same:
+                error = ConflictingInstance("another instance's output is already at its place "
+                                            "(same SOP Instance UID, different content)")
+                self._quarantine(path, dst, error, summary)
+                return
+            summary.duplicates += 1  # e.g. the same file twice in SRC
+        else:
+            self._written.add(target)
+            # Renaming over an existing file makes ext4 write the new one out at once (its
+            # replace-via-rename safeguard), ~1 ms each. The originals stay where they are, so
+            # the copies need no forced write-out: the system writes them in its own time.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            os.rename(cleaned.temporary, target)
         log.debug("de-identified", sop_instance_uid=cleaned.relative[3][: -len(".dcm")],
                   size=cleaned.size)
         summary.written += 1

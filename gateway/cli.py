@@ -112,7 +112,7 @@ def _print_summary(summary: Summary, out: TextIO) -> None:
     for reason, count in sorted(summary.reasons.items()):
         print(f"  {reason}: {count}", file=out)
     if summary.duplicates:
-        print(f"duplicates:   {summary.duplicates} (same SOP Instance UID again; last kept)",
+        print(f"duplicates:   {summary.duplicates} (the same instance again, identical output; kept once)",
               file=out)
     print(f"skipped:      {summary.skipped} (not DICOM instances)", file=out)
     for reason, count in sorted(summary.skip_reasons.items()):

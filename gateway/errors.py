@@ -10,7 +10,8 @@ GatewayError
     ├── UnknownPatient         patient not in the configured lookup table
     ├── BurnedInAnnotation     pixel data may show identifying text
     ├── LeakDetected           an original identifying value survived de-identification
-    └── DeliveryRefused        a destination refused a de-identified instance for good (dead letter)
+    ├── DeliveryRefused        a destination refused a de-identified instance for good (dead letter)
+    └── ConflictingInstance    another instance's output is already where this one would go
 
 Each InstanceError carries a short machine-readable ``reason`` for the quarantine record
 and a DIMSE ``status`` to answer when the gateway is configured to refuse the instance.
@@ -18,6 +19,9 @@ Messages never contain values taken from a dataset: only element names, tags and
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class GatewayError(Exception):
@@ -76,3 +80,25 @@ class DeliveryRefused(InstanceError):
     """A destination refused the instance permanently, or kept failing past the retry age."""
 
     reason = "dead-letter"
+
+
+class ConflictingInstance(InstanceError):
+    """Its de-identified output would replace a different one already written at the same place
+    (two inputs with one SOP Instance UID but different content): the first one is kept."""
+
+    reason = "conflicting-instance"
+    status = 0xC005
+
+
+@contextmanager
+def unexpected_errors_as_malformed() -> Iterator[None]:
+    """Any unexpected exception in the block becomes MalformedInstance (naming only its class):
+    one instance that trips the code must go to quarantine, not stop the run. NotDicom and
+    InstanceError pass as they are; so does MemoryError (the machine's, not the instance's)."""
+    try:
+        yield
+    except (NotDicom, InstanceError, MemoryError):
+        raise
+    except Exception as exc:
+        raise MalformedInstance(f"cannot read or de-identify the instance ({type(exc).__name__})") \
+            from exc

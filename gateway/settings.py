@@ -23,6 +23,7 @@ from gateway.deid.engine import PatientPolicy, Policy
 from gateway.deid.private import SafePrivateList, parse_user_list, standard_safe_private
 from gateway.deid.profile import build_profile
 from gateway.deid.uids import DEFAULT_ROOT, MAX_UID_LENGTH
+from gateway.deid.vocabulary import load_user_words
 from gateway.errors import ConfigError, SecretError, StateError
 from gateway.files import write_private
 
@@ -150,6 +151,8 @@ class DeidentifySettings:
     quarantine_burned_in_annotation: bool = True
     safe_private_file: Path | None = None
     replacement_institution_name: str = ""
+    clean_words_file: Path | None = None
+    clean_words: frozenset[str] = field(default=frozenset(), repr=False)
     date_shift_min_days: int = 1
     date_shift_max_days: int = 365
     patient: PatientSettings = PatientSettings()
@@ -226,6 +229,7 @@ class Settings:
             quarantine_burned_in_annotation=d.quarantine_burned_in_annotation,
             safe_private=safe,
             replacement_institution_name=d.replacement_institution_name,
+            clean_words=d.clean_words,
         )
 
 
@@ -550,6 +554,9 @@ def _read_deidentify(section: _Section) -> DeidentifySettings:
         except OSError as exc:
             raise ConfigError(f"{key}: cannot read {safe_file} ({exc.strerror})") from exc
         user_safe = parse_user_list(lines, f"{key} ({safe_file})")
+    words_file = _optional_path(section.get("clean_words_file", str, ""))
+    words = frozenset() if words_file is None else _read_clean_words(
+        words_file, section.key("clean_words_file"))
     dates = section.section("dates")
     min_days = dates.get("shift_min_days", int, 1)
     max_days = dates.get("shift_max_days", int, 365)
@@ -569,6 +576,8 @@ def _read_deidentify(section: _Section) -> DeidentifySettings:
         ),
         safe_private_file=safe_file,
         replacement_institution_name=section.get("replacement_institution_name", str, "")[:64],
+        clean_words_file=words_file,
+        clean_words=words,
         date_shift_min_days=min_days,
         date_shift_max_days=max_days,
         patient=_read_patient(section.section("patient")),
@@ -576,6 +585,16 @@ def _read_deidentify(section: _Section) -> DeidentifySettings:
     )
     section.finish()
     return result
+
+
+def _read_clean_words(path: Path, key: str) -> frozenset[str]:
+    """The user's words that cleaned descriptions may keep (one a line, # comments)."""
+    try:
+        return load_user_words(path)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror})") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
 
 
 def parse_secret(material: bytes, where: str) -> Secret:

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from gateway.deid import iod
 from gateway.deid.engine import Policy, Result, deidentify
 from gateway.deid.profile import build_profile
 
@@ -271,20 +272,34 @@ def corpus_id(path: str) -> str:
 # --- planting a Table E.1-1 row and checking its action ----------------------------------------
 
 
-def documented_action(action: str, planted_empty: bool = False) -> str:
-    """The action the engine documents for a Table E.1-1 code (engine._resolve_compound).
+# What a compound action becomes for an attribute of each IOD type (None: a type the tables do
+# not know, so a present attribute is never removed). "U*": the items kept with new UIDs (for
+# references whatever their type: see engine._resolve_compound).
+COMPOUND_BY_TYPE: dict[tuple[str, str | None], str] = {
+    ("X/Z", "3"): "X", ("X/Z", "2"): "Z", ("X/Z", "1"): "D", ("X/Z", None): "Z",
+    ("X/D", "3"): "X", ("X/D", "2"): "Z", ("X/D", "1"): "D", ("X/D", None): "D",
+    ("Z/D", "3"): "Z", ("Z/D", "2"): "Z", ("Z/D", "1"): "D", ("Z/D", None): "D",
+    ("X/Z/D", "3"): "X", ("X/Z/D", "2"): "Z", ("X/Z/D", "1"): "D", ("X/Z/D", None): "D",
+    ("X/Z/U*", "3"): "U*", ("X/Z/U*", "2"): "U*", ("X/Z/U*", "1"): "U*", ("X/Z/U*", None): "U*",
+}
 
-    A present attribute is never removed under a compound code: X/Z empties it, X/D, Z/D and
-    X/Z/D give a dummy unless it was already empty, and an X/Z/U* sequence keeps its items with
-    their UIDs replaced ("U*").
-    """
-    if action == "X/Z/U*":
-        return "U*"
-    if action == "X/Z":
-        return "Z"
-    if action in ("X/D", "Z/D", "X/Z/D"):
-        return "Z" if planted_empty else "D"
-    return action
+
+def iod_type(row: dict[str, Any], where: str, sop_class: str = CT_IMAGE_STORAGE) -> str | None:
+    """The attribute's type ("1", "2", "3") where it is planted, in the CT Image IOD."""
+    tag = int(row_tag(row))
+    path = (tag,) if where == "top" or row_tag(row).group == 0x0002 else (int(Tag(CONTAINER)), tag)
+    kind = iod.attribute_type(sop_class, path)
+    return None if kind is None else kind[0]
+
+
+def documented_action(action: str, planted_empty: bool = False, kind: str | None = None) -> str:
+    """The action the engine documents for a Table E.1-1 code, given the attribute's IOD type
+    where it was planted (engine._resolve_compound): an empty attribute is never given a
+    dummy."""
+    if "/" not in action:
+        return action
+    resolved = COMPOUND_BY_TYPE[(action, kind)]
+    return "Z" if resolved == "D" and planted_empty else resolved
 
 
 def unplantable(row: dict[str, Any], where: str) -> str | None:

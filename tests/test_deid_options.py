@@ -3,7 +3,8 @@ how the output says which options were applied."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+import re
+from datetime import date, datetime, timedelta
 
 import pytest
 from deid_helpers import (
@@ -13,6 +14,7 @@ from deid_helpers import (
     OTHER_SECRET,
     PATIENT_ID,
     PATIENT_NAME,
+    SECRET,
     UID_RE,
     WHERES,
     add_container,
@@ -22,6 +24,7 @@ from deid_helpers import (
     da,
     documented_action,
     exact_rows,
+    iod_type,
     option_keys,
     output_container,
     plant,
@@ -39,6 +42,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
+from gateway.deid import dates
 from gateway.deid.engine import Pseudonym
 from gateway.deid.private import SafePrivateList, parse_user_list, standard_safe_private
 from gateway.deid.profile import build_profile, option_catalogue
@@ -91,34 +95,40 @@ def test_option_cleans_the_rows_its_column_marks_c(pair, where):
         pytest.skip(reason)
     tag, vr = row_tag(row), plant_vr(row)
     ds = base_dataset()
-    original_dates = {k: ds[k].value for k in ("StudyDate", "SeriesDate")}
     planted = plant(ds, row, where, value=DIRTY_TEXT if vr in TEXT_VRS else None)
     out = run(ds, policy(key)).dataset
     holder = output_container(out, row, where)
     if vr == "SQ":  # a cleaned sequence keeps its items, themselves de-identified
         assert_action("K", row, where, out, planted)
-    elif vr in ("DA", "DT"):
+    elif vr in ("DA", "DT", "TM"):
         assert key == "retain_long_modified_dates"
-        reference = _reference_date(row, where)
-        shift = da(out[reference].value) - da(original_dates[reference])
-        assert timedelta(days=-365) <= shift <= timedelta(days=-1)
+        shift = _moment_shift(PATIENT_ID)
         got = holder[tag].value
-        assert da(got) - da(planted) == shift
-        assert got[8:] == planted[8:]  # DT: the time of day is kept
-    elif vr == "TM":
-        # Dates move by whole days, so a time of day identifies no more than before.
-        assert holder[tag].value == planted
+        if vr == "TM":
+            assert got == dates.shift_tm(planted, shift.seconds) != planted
+        elif vr == "DT":
+            assert got == dates.shift_moment(planted, shift.days, shift.seconds) != planted
+        else:  # moved by whole days, one more when its paired time passes midnight
+            assert got in (dates.shift_da(planted, shift.days), dates.shift_da(planted, shift.days + 1))
+    elif row_id(row) == "TimezoneOffsetFromUTC":
+        assert holder[tag].value == "+0000"  # an offset would name the place
+    elif vr == "AE":
+        # A device keeps one keyed name, the same in every instance, with nothing of the site.
+        assert re.fullmatch(r"DEV[0-9A-F]{12}", holder[tag].value)
+        assert holder[tag].value == output_container(run(ds, policy(key)).dataset, row, where)[tag].value
     elif vr in CODED_VRS:
-        # A code or AE title cannot hold a scrubbed text: one naming someone becomes a dummy.
+        # A code cannot hold a scrubbed text: one naming someone becomes a dummy.
+        assert str(holder[tag].value) == "ANONYMIZED"
+    elif vr == "PN":
         assert str(holder[tag].value) == "ANONYMIZED"
     elif vr in TEXT_VRS:
         got = str(holder[tag].value)
         assert FAMILY.upper() not in got.upper()
-        assert got.startswith("LEFT ")  # the non-identifying word stays
+        assert got.startswith("LEFT")  # the word of the clean vocabulary stays
     else:
         # A value the engine cannot clean (binary, or a tag pydicom does not know and so reads
         # as UN) must not pass unchanged: it gets the basic profile's action instead.
-        assert_action(documented_action(row["basic"]), row, where, out, planted)
+        assert_action(documented_action(row["basic"], kind=iod_type(row, where)), row, where, out, planted)
 
 
 def test_every_option_column_is_exercised():
@@ -183,40 +193,67 @@ def _instance(pid: str, study_date: str, sop_suffix: str) -> Dataset:
     return ds
 
 
-def test_modified_dates_shift_all_dates_of_a_patient_by_one_keyed_shift():
+def _moment_shift(pid: str, secret: bytes = SECRET, low: int = 1, high: int = 365) -> timedelta:
+    """The keyed shift of every date and time of a patient: whole days back, then seconds on."""
+    return timedelta(days=dates.date_shift_days(secret, pid, low, high),
+                     seconds=dates.time_shift_seconds(secret, pid))
+
+
+def _moment(out: Dataset, prefix: str) -> datetime:
+    return datetime.strptime(out[f"{prefix}Date"].value + out[f"{prefix}Time"].value[:6], "%Y%m%d%H%M%S")
+
+
+def test_modified_dates_shift_every_date_and_time_of_a_patient_by_one_keyed_shift():
     pol = policy("retain_long_modified_dates")
     a = _instance(PATIENT_ID, "20200101", ".1")
-    a.ContentDate = "20200115"
+    a.StudyTime = "120000"
+    a.ContentDate, a.ContentTime = "20200115", "120000"
     a.AcquisitionDateTime = "20200115083000.5+0100"
     a.InstanceCreationTime = "083000"
     result = run(a, pol)
     out = result.dataset
-    shift = da(out.StudyDate) - date(2020, 1, 1)
-    assert timedelta(days=-365) <= shift <= timedelta(days=-1)
-    assert da(out.ContentDate) - da(out.StudyDate) == timedelta(days=14)  # interval kept
-    assert out.AcquisitionDateTime == (date(2020, 1, 15) + shift).strftime("%Y%m%d") + (
-        "083000.5+0100"
-    )
-    assert out.InstanceCreationTime == "083000"
+    shift = _moment_shift(PATIENT_ID)
+    assert timedelta(days=-365) <= shift <= timedelta(days=0)
+    assert _moment(out, "Study") == datetime(2020, 1, 1, 12) + shift
+    assert _moment(out, "Content") - _moment(out, "Study") == timedelta(days=14)  # interval kept
+    # Date and time move together; the UTC offset, which names a place, is dropped.
+    assert out.AcquisitionDateTime == (datetime(2020, 1, 15, 8, 30) + shift).strftime("%Y%m%d%H%M%S.5")
+    assert out.InstanceCreationTime == (datetime(2020, 1, 15, 8, 30) + shift).strftime("%H%M%S")
+    assert out.InstanceCreationTime != "083000"
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
-    assert Pseudonym("date_shift", PATIENT_ID, str(shift.days)) in result.pseudonyms
+    days = dates.date_shift_days(SECRET, PATIENT_ID, 1, 365)
+    assert Pseudonym("date_shift", PATIENT_ID, str(days)) in result.pseudonyms
 
     # A later study of the same patient, another instance: the same shift.
-    later = run(_instance(PATIENT_ID, "20210301", ".2"), pol).dataset
-    assert da(later.StudyDate) - date(2021, 3, 1) == shift
-    assert da(later.StudyDate) - da(out.StudyDate) == date(2021, 3, 1) - date(2020, 1, 1)
+    b = _instance(PATIENT_ID, "20210301", ".2")
+    b.StudyTime = "120000"
+    later = run(b, pol).dataset
+    assert _moment(later, "Study") == datetime(2021, 3, 1, 12) + shift
 
     # Another patient, and the same patient under another secret: another shift.
-    other = run(_instance("PID-000001", "20200101", ".3"), pol).dataset
-    assert da(other.StudyDate) - date(2020, 1, 1) != shift
-    rekeyed = run(_instance(PATIENT_ID, "20200101", ".4"), pol, secret=OTHER_SECRET).dataset
-    assert da(rekeyed.StudyDate) - date(2020, 1, 1) != shift
+    c = _instance("PID-000001", "20200101", ".3")
+    c.StudyTime = "120000"
+    assert _moment(run(c, pol).dataset, "Study") != datetime(2020, 1, 1, 12) + shift
+    a.StudyTime = "120000"
+    assert _moment(run(a, pol, secret=OTHER_SECRET).dataset, "Study") != datetime(2020, 1, 1, 12) + shift
+
+
+def test_modified_dates_carry_a_time_shifted_past_midnight_into_its_date():
+    ds = _instance(PATIENT_ID, "20200101", ".1")
+    seconds = dates.time_shift_seconds(SECRET, PATIENT_ID)
+    late = (datetime(2020, 1, 1) + timedelta(seconds=86399 - seconds // 2)).strftime("%H%M%S")
+    ds.StudyTime = late
+    out = run(ds, policy("retain_long_modified_dates")).dataset
+    expected = datetime.strptime("20200101" + late, "%Y%m%d%H%M%S") + _moment_shift(PATIENT_ID)
+    assert _moment(out, "Study") == expected
 
 
 def test_modified_dates_shift_stays_within_the_configured_range():
     pol = policy("retain_long_modified_dates", date_shift_min_days=30, date_shift_max_days=31)
     for n in range(8):
-        out = run(_instance(f"PID-{n:04d}", "20200301", f".{n}"), pol).dataset
+        ds = _instance(f"PID-{n:04d}", "20200301", f".{n}")
+        del ds.StudyTime  # a date alone moves by whole days
+        out = run(ds, pol).dataset
         assert (date(2020, 3, 1) - da(out.StudyDate)).days in (30, 31)
 
 
@@ -234,6 +271,7 @@ def test_modified_dates_shift_unlisted_and_kept_dates_too():
     unlisted = _unlisted("DA")
     ds[unlisted] = DataElement(unlisted, "DA", "20040119")
     ds.DateOfLastCalibration = "20040119"  # K under Retain Device Identity
+    del ds.StudyTime  # dates without a time move by whole days
     out = run(ds, policy("retain_long_modified_dates", "retain_device_identity")).dataset
     assert out[unlisted].value == out.StudyDate  # StudyDate was 20040119 too
     assert out.DateOfLastCalibration == out.StudyDate
@@ -266,26 +304,31 @@ def test_without_a_date_option_dates_are_emptied_or_dummied():
     out = run(ds).dataset
     assert out["StudyDate"].is_empty  # Z
     assert out["PatientBirthDate"].is_empty  # Z
-    assert out["AcquisitionDate"].is_empty  # X/Z: kept present, emptied
-    assert out.ContentDate == "19000101"  # Z/D, present in CT_small: a dummy
-    assert out.SeriesDate == "19000101"  # X/D, present: a dummy
+    # The compound actions follow the CT Image IOD: AcquisitionDate (X/Z) and SeriesDate (X/D)
+    # are Type 3 there, so removed; ContentDate (Z/D) is Type 2C, so emptied.
+    assert "AcquisitionDate" not in out
+    assert "SeriesDate" not in out
+    assert out["ContentDate"].is_empty
     assert "LastMenstrualDate" not in out  # X
 
 
 # --- descriptors -----------------------------------------------------------------------------
 
 
-def test_clean_descriptors_keeps_the_description_without_the_patient():
+def test_clean_descriptors_keeps_only_words_known_not_to_identify():
     ds = base_dataset()
     ds.StudyDescription = f"CT HEAD {FAMILY} {GIVEN.lower()} w/o contrast"
-    ds.ImageComments = f"ref {PATIENT_ID}, see prior"
-    ds.Allergies = [f"{FAMILY} reports penicillin", "latex"]
+    ds.ImageComments = f"ref {PATIENT_ID}, see prior, per Dr Hartley 555-0199"
     ds.SeriesDescription = "AXIAL 5MM"
+    ds.ProtocolName = "NEUROVASC Hartley"
     out = run(ds, policy("clean_descriptors")).dataset
-    assert out.StudyDescription == "CT HEAD *** *** w/o contrast"
-    assert out.ImageComments == "ref ***, see prior"
-    assert list(out.Allergies) == ["*** reports penicillin", "latex"]
+    assert out.StudyDescription == "CT HEAD w/o contrast"
+    assert out.ImageComments == "prior, per Dr"  # the name, ID and phone number are gone
     assert out.SeriesDescription == "AXIAL 5MM"
+    assert out.ProtocolName == ""  # nothing in it is known to be safe
+
+    site_words = run(ds, policy("clean_descriptors", clean_words=frozenset({"NEUROVASC"}))).dataset
+    assert site_words.ProtocolName == "NEUROVASC"
 
 
 def test_descriptors_are_removed_without_the_option():
@@ -501,19 +544,23 @@ def test_institution_is_replaced_by_the_configured_name_or_dummied():
     assert run(ds, policy(replacement_institution_name="SITE 01")).dataset.InstitutionName == (
         "SITE 01"
     )
-    assert run(base_dataset()).dataset.InstitutionName == "ANONYMIZED"  # X/Z/D, present
+    assert "InstitutionName" not in run(base_dataset()).dataset  # X/Z/D, Type 3 in a CT
 
 
 def test_retain_device_identity_keeps_the_device():
     ds = base_dataset()
     ds.DeviceSerialNumber = "SN-12345"
-    ds.StationAETitle = "CTSCANNER1"  # C: kept unless identifying
+    ds.StationAETitle = "STMARYS_CT1"  # C: a keyed name, the same for the same device
     out = run(ds, policy("retain_device_identity")).dataset
     assert out.StationName == "CT01_OC0"
     assert out.DeviceSerialNumber == "SN-12345"
-    assert out.StationAETitle == "CTSCANNER1"
+    assert re.fullmatch(r"DEV[0-9A-F]{12}", out.StationAETitle)
+    again = base_dataset()
+    again.StationAETitle = "STMARYS_CT1"
+    again.SOPInstanceUID += ".2"
+    assert run(again, policy("retain_device_identity")).dataset.StationAETitle == out.StationAETitle
     plain = run(base_dataset()).dataset
-    assert plain.StationName == "ANONYMIZED"  # X/Z/D
+    assert "StationName" not in plain  # X/Z/D, Type 3 in a CT
 
 
 # --- structured content and graphics -----------------------------------------------------------
@@ -537,14 +584,24 @@ def test_clean_structured_content_keeps_the_content_tree_with_uids_replaced():
     assert UID_RE.match(item.ObservationUID)
 
 
-def test_patient_name_in_structured_content_is_caught():
+def test_patient_name_in_structured_content_is_cleaned_out():
     ds = base_dataset()
     ds.ContentSequence = Sequence([_content_item(f"{GIVEN} {FAMILY} has no acute findings")])
-    with pytest.raises(LeakDetected, match=r"ContentSequence\[0\]\.TextValue"):
-        run(ds, policy("clean_structured_content"))
+    text = run(ds, policy("clean_structured_content")).dataset.ContentSequence[0].TextValue
+    assert FAMILY.upper() not in text.upper() and GIVEN.upper() not in text.upper()
+    assert "ACUTE FINDINGS" in text.upper()
 
 
-def test_clean_graphics_does_not_pass_overlay_bitmaps_through():
+def test_structured_content_without_the_option_keeps_its_tree_but_no_text():
+    ds = base_dataset()
+    ds.ContentSequence = Sequence([_content_item("no acute findings, Dr Hartley")])
+    item = run(ds).dataset.ContentSequence[0]  # D: a dummy sequence
+    assert (item.RelationshipType, item.ValueType) == ("CONTAINS", "TEXT")
+    assert item.TextValue == "ANONYMIZED"
+    assert UID_RE.match(item.ObservationUID)
+
+
+def test_clean_graphics_keeps_overlay_geometry_without_its_text():
     ds = base_dataset()
     ds[0x60000010] = DataElement(0x60000010, "US", 8)
     ds[0x60000011] = DataElement(0x60000011, "US", 8)
@@ -553,6 +610,11 @@ def test_clean_graphics_does_not_pass_overlay_bitmaps_through():
     ds[0x60000100] = DataElement(0x60000100, "US", 1)
     ds[0x60000102] = DataElement(0x60000102, "US", 0)
     ds[0x60003000] = DataElement(0x60003000, "OW", b"\xff" * 8)  # could hold burned-in text
+    ds[0x60000022] = DataElement(0x60000022, "LO", f"marked by {FAMILY}")  # Overlay Description
+    ds[0x60001500] = DataElement(0x60001500, "LO", "MARK")  # Overlay Label
     out = run(ds, policy("clean_graphics")).dataset
-    # The engine cannot clean a bitmap: the basic action applies, and the plane goes with it.
-    assert not [e.tag for e in out if e.tag.group == 0x6000]
+    # The overlay keeps its geometry (the bitmap, origin, size) and loses its words.
+    assert out[0x60003000].value == b"\xff" * 8
+    assert out[0x60000050].value == [1, 1]
+    assert 0x60000022 not in out and 0x60001500 not in out
+    assert not [e.tag for e in run(ds).dataset if e.tag.group == 0x6000]  # basic: X

@@ -116,8 +116,9 @@ def test_a_preamble_with_content_is_not_copied() -> None:
 @pytest.mark.parametrize("vr", [b"SV", b"UV"])
 def test_64_bit_integers_have_a_32_bit_length_in_explicit_vr(vr: bytes) -> None:
     # PS3.5 7.1.2: SV and UV are written like OB: 2 reserved bytes, then a 4-byte length.
-    element = b"\x18\x00\x19\x92" + vr + b"\x00\x00" + (8).to_bytes(4, "little") + bytes(8)
+    # A private tag: a standard one of another VR would contradict the data dictionary.
+    element = b"\x19\x00\x10\x10" + vr + b"\x00\x00" + (8).to_bytes(4, "little") + bytes(8)
     following = b"\x20\x00\x13\x00IS\x02\x001 "  # InstanceNumber
     read = Reader(memoryview(element + following), EXPLICIT_LITTLE).read(0, len(element) + 10)
     assert [(e.tag, e.value_start, e.end) for e in read] == [
-        (0x00189219, 12, 20), (0x00200013, 28, 30)]
+        (0x00191010, 12, 20), (0x00200013, 28, 30)]

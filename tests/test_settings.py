@@ -185,6 +185,27 @@ def test_each_long_date_option_alone_is_accepted(tmp_path):
         assert settings.deidentify.options == (option,)
 
 
+def test_clean_words_file_reaches_the_policy(tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("# site protocol names\nNEUROVASC\nangio3\n")
+    settings = load_settings(write_config(
+        tmp_path, f'[deidentify]\noptions = ["clean_descriptors"]\nclean_words_file = "{words}"'))
+    assert settings.policy().clean_words == frozenset({"NEUROVASC", "ANGIO3"})
+
+
+def test_bad_clean_words_file_names_the_key_and_the_line(tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("NEUROVASC\ntwo words\n")
+    message = config_error(tmp_path, f'[deidentify]\nclean_words_file = "{words}"')
+    assert message.startswith("deidentify.clean_words_file: ")
+    assert f"{words}, line 2" in message
+
+
+def test_missing_clean_words_file_names_the_key(tmp_path):
+    message = config_error(tmp_path, f'[deidentify]\nclean_words_file = "{tmp_path / "none.txt"}"')
+    assert message.startswith("deidentify.clean_words_file: ")
+
+
 def test_table_mode_without_table_file(tmp_path):
     message = config_error(tmp_path, '[deidentify.patient]\nmode = "table"')
     assert message.startswith("deidentify.patient.table_file: mode 'table' needs a CSV file")

@@ -21,14 +21,14 @@ from io import BytesIO
 from typing import Literal
 
 from pydicom import dcmread
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.tag import Tag
 
 from gateway import __version__
-from gateway.deid import dates, leaks
+from gateway.deid import codes, dates, iod, leaks, vocabulary
 from gateway.deid.elements import (
     DEFAULT_ENCODINGS,
     DEFLATED,
@@ -41,6 +41,7 @@ from gateway.deid.elements import (
     Encoding,
     Reader,
     charset_encodings,
+    check_pixel_data,
     deflate,
     element_bytes,
     encode_value,
@@ -69,6 +70,7 @@ from gateway.errors import (
     MalformedInstance,
     NotAnInstance,
     UnknownPatient,
+    unexpected_errors_as_malformed,
 )
 
 # dicom-gateway's own implementation class UID (a fixed 2.25 UUID-derived value).
@@ -106,6 +108,7 @@ STUDY_INSTANCE_UID = int(Tag("StudyInstanceUID"))
 SERIES_INSTANCE_UID = int(Tag("SeriesInstanceUID"))
 MODALITY = int(Tag("Modality"))
 ROWS = int(Tag("Rows"))
+PIXEL_DATA_PROVIDER = int(Tag("PixelDataProviderURL"))
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an instance
 # Output values the callers need (routing, file names), read off the result as text.
@@ -120,6 +123,20 @@ _PLAIN_VRS = frozenset({"AS", "AT", "CS", "DS", "FD", "FL", "IS", "OB", "OD", "O
                         "OW", "SL", "SS", "SV", "TM", "UL", "US", "UV"})
 _SPECIAL_TAGS = frozenset({PATIENT_AGE, INSTITUTION_NAME})
 _OVERLAY_GROUPS = frozenset(range(0x6000, 0x6100, 2))
+_OVERLAY_TEXT = frozenset({0x0022, 0x1500, 0x4000})  # Overlay Description, Label, Comments
+GRAPHIC_ANNOTATIONS = int(Tag("GraphicAnnotationSequence"))
+TIMEZONE_OFFSET = int(Tag("TimezoneOffsetFromUTC"))
+_MULTI_VALUED_TEXT = frozenset({"LO", "SH", "UC", "PN"})
+# Inside a dummy sequence these stay: numbers (measurements, geometry), enumerated codes (value
+# and relationship types), ages and binary data. Text, names, dates, times and UIDs are replaced.
+_REPLACED_KEPT_VRS = frozenset({"AS", "AT", "CS", "FD", "FL", "IS", "SL", "SS", "SV", "UL",
+                                "US", "UV", "OB", "OD", "OF", "OL", "OV", "OW"})
+# ... except measured values, which are replaced like any other value: a decimal string is
+# free text for numbers, and an SR's NUM items and waveform annotations hold the original's.
+_MEASUREMENTS: dict[int, object] = {
+    int(Tag("FloatingPointValue")): 0.0, int(Tag("RationalNumeratorValue")): 0,
+    int(Tag("RationalDenominatorValue")): 1,
+}
 
 PatientMode = Literal["hash", "table", "fixed"]
 Chunk = bytes | memoryview
@@ -148,6 +165,7 @@ class Policy:
     quarantine_burned_in_annotation: bool = True
     safe_private: SafePrivateList = field(default_factory=standard_safe_private)
     replacement_institution_name: str = ""
+    clean_words: frozenset[str] = frozenset()  # the user's words that cleaned text may keep
 
 
 @dataclass(frozen=True)
@@ -229,15 +247,17 @@ def deidentify_encoded(data: bytes, policy: Policy, secret: bytes) -> Result:
     """De-identify a Part 10 file or bare data set given as bytes.
 
     Raises NotDicom (not an instance: skip) or an :class:`~gateway.errors.InstanceError` when
-    the instance must be quarantined.
+    the instance must be quarantined (MalformedInstance for anything unexpected).
     """
-    return _Instance(read_encoded(data), policy, secret).deidentify()
+    with unexpected_errors_as_malformed():
+        return _Instance(read_encoded(data), policy, secret).deidentify()
 
 
 def deidentify_dataset(dataset: bytes | bytearray | memoryview, transfer_syntax: str,
                        policy: Policy, secret: bytes) -> Result:
     """De-identify a data set without file meta (as C-STORE carries it) in ``transfer_syntax``."""
-    return _Instance(read_dataset(dataset, transfer_syntax), policy, secret).deidentify()
+    with unexpected_errors_as_malformed():
+        return _Instance(read_dataset(dataset, transfer_syntax), policy, secret).deidentify()
 
 
 def deidentify(ds: Dataset, policy: Policy, secret: bytes) -> Result:
@@ -275,14 +295,27 @@ def encode_dataset(ds: Dataset) -> bytes:
 Entries = list[tuple[int, Chunk]]  # (tag, encoded element) in output order
 
 
+# How the leaves of a data set are treated: by their own actions (NORMAL), or, inside a sequence
+# whose action is D (REPLACED) or C (CLEANED), every leaf the table does not list is replaced or
+# cleaned too, so that a dummy sequence carries no original value.
+Mode = Literal["normal", "replaced", "cleaned"]
+NORMAL: Mode = "normal"
+REPLACED: Mode = "replaced"
+CLEANED: Mode = "cleaned"
+
+
 @dataclass
 class _Level:
-    """One data set being written: its encoding, character set and path (for leak reports)."""
+    """One data set being written: its encoding, character set, path (for leak reports), the
+    tags of the sequences it lies in (for the IOD's types) and how its leaves are treated."""
 
     encoding: Encoding
     encodings: tuple[str, ...]
     path: str
     out: Entries = field(default_factory=list)
+    tags: tuple[int, ...] = ()
+    mode: Mode = NORMAL
+    elements: list[Element] = field(default_factory=list)  # those being walked (siblings)
 
 
 class _Instance:
@@ -302,6 +335,8 @@ class _Instance:
         self.patient_id = ""
         self.pseudo_id = ""
         self.date_shift: int | None = None
+        self.time_shift = 0  # seconds, with date_shift
+        self.sop_class = ""
 
     def text(self, tag: int) -> str:
         element = self.top.get(tag)
@@ -329,12 +364,20 @@ class _Instance:
         sop_class = self.text(SOP_CLASS_UID).strip() or self.instance.media_sop_class
         if sop_class == MEDIA_STORAGE_DIRECTORY:
             raise NotAnInstance("a DICOMDIR (media directory), not an instance")
-        if not self.text(SOP_INSTANCE_UID).strip():
-            raise MalformedInstance("SOPInstanceUID is missing")
-        if ROWS in self.top and not any(tag in self.top for tag in PIXEL_DATA_TAGS):
-            # A file cut exactly between two elements parses cleanly: an image without its
-            # pixels is the visible trace.
-            raise MalformedInstance("image attributes without pixel data (truncated?)")
+        for tag, name in ((SOP_INSTANCE_UID, "SOPInstanceUID"),
+                          (STUDY_INSTANCE_UID, "StudyInstanceUID"),
+                          (SERIES_INSTANCE_UID, "SeriesInstanceUID")):
+            if not self.text(tag).strip():
+                raise MalformedInstance(f"{name} is missing")
+        if not any(tag in self.top for tag in PIXEL_DATA_TAGS):
+            if ROWS in self.top:
+                # A file cut exactly between two elements parses cleanly: an image without its
+                # pixels is the visible trace.
+                raise MalformedInstance("image attributes without pixel data (truncated?)")
+            if iod.attribute_type(sop_class, (ROWS,)) == "1" and PIXEL_DATA_PROVIDER not in self.top:
+                # A "header only" copy of an image: passed on, it could stand in for the real one.
+                raise MalformedInstance("an image instance without its Image Pixel module")
+        check_pixel_data(self.buffer, self.top, self.instance.encoding)
 
     def _pass_trusted(self) -> Result:
         # The identity elements are where the identifiers came from; they must appear nowhere else.
@@ -370,6 +413,8 @@ class _Instance:
         if "retain_long_modified_dates" in self.options:
             self.date_shift = dates.date_shift_days(
                 self.secret, key, policy.date_shift_min_days, policy.date_shift_max_days)
+            self.time_shift = dates.time_shift_seconds(self.secret, key)
+        self.sop_class = self.text(SOP_CLASS_UID).strip() or self.instance.media_sop_class
         level = _Level(self.instance.encoding, self.encodings, "")
         try:
             self._clean_elements(self.instance.elements, level)
@@ -378,6 +423,7 @@ class _Instance:
                 PATIENT_NAME: self._generated(PATIENT_NAME, "PN", pseudo_name, level),
             }
             entries = {tag: chunk for tag, chunk in level.out}
+            _drop_unconditioned(entries, policy.profile)
             entries.update(identity)
             entries.update(self._marks(level))
         except (ValueError, TypeError, KeyError, LookupError, OverflowError) as exc:
@@ -431,7 +477,9 @@ class _Instance:
     def _clean_elements(self, elements: list[Element], level: _Level) -> None:
         kept_private = self._kept_private(elements)
         overlays = set()
+        level.elements = elements
         action_for, out, buffer = self.policy.profile.action_for, level.out, self.buffer
+        plain = level.mode == NORMAL
         for element in elements:
             tag = element.tag
             if (tag >> 16) & 1:
@@ -439,12 +487,16 @@ class _Instance:
                     self._keep(element, level)
             elif tag & 0xFFFF == 0:
                 continue  # group lengths are stale once anything changes
-            elif element.vr in _PLAIN_VRS and action_for(tag) is None and tag not in _SPECIAL_TAGS:
+            elif plain and element.vr in _PLAIN_VRS and action_for(tag) is None and \
+                    tag not in _SPECIAL_TAGS:
                 # Most of an image's attributes: unlisted numbers and codes, kept as they came.
                 out.append((tag, buffer[element.start : element.end]))
             else:
-                if (tag >> 16) in _OVERLAY_GROUPS and tag & 0xFFFF == 0x3000:
-                    overlays.add(tag >> 16)
+                if (tag >> 16) in _OVERLAY_GROUPS:
+                    if tag & 0xFFFF in _OVERLAY_TEXT:
+                        continue  # words about an overlay (no option keeps them): never needed
+                    if tag & 0xFFFF == 0x3000:
+                        overlays.add(tag >> 16)
                 self._apply(element, level)
         # An overlay whose data is gone goes as a whole (its description and label with it):
         # an Overlay Plane without its Type 1 data is an invalid module.
@@ -481,10 +533,19 @@ class _Instance:
             return
         action = self.policy.profile.action_for(tag)
         if action is None:
-            self._apply_unlisted(element, level)
+            if level.mode == NORMAL:
+                self._apply_unlisted(element, level)
+            else:
+                self._replace_leaf(element, level)
             return
-        handler = _HANDLERS.get(action) or _resolve_compound(action, element)
+        handler = _HANDLERS.get(action) or self._compound(action, element, level)
         handler(self, element, level)
+
+    def _compound(self, action: str, element: Element, level: _Level) -> _Handler:
+        """X/Z, X/D, Z/D, X/Z/D, X/Z/U*: resolved by the attribute's type at its place in the
+        instance's IOD (Type 3 removed, Type 2 emptied, Type 1 a dummy, or its UIDs replaced)."""
+        kind = iod.attribute_type(self.sop_class, (*level.tags, element.tag))
+        return _resolve_compound(action, element, None if kind is None else kind[0])
 
     def _replaces_institution(self) -> bool:
         # The replacement stands in for the dummy; Retain Institution Identity keeps the original.
@@ -519,14 +580,21 @@ class _Instance:
         return element_bytes(tag, vr, encode_value(value, vr, level.encoding, level.encodings),
                              level.encoding)
 
-    def _write_sequence(self, element: Element, level: _Level, clean: bool = True) -> None:
-        """Write a sequence with its items cleaned (or none, when ``clean`` is False)."""
+    def _write_sequence(self, element: Element, level: _Level, clean: bool = True,
+                        mode: Mode | None = None) -> None:
+        """Write a sequence with its items cleaned (or none, when ``clean`` is False); ``mode``
+        says how the items' leaves are treated (the enclosing level's by default)."""
         items = []
         name = _element_name(element.tag)
         inner = element.inner or level.encoding
+        tags = (*level.tags, element.tag)
         for index, item in enumerate(element.items or [] if clean else []):
-            nested = _Level(inner, item.encodings, f"{level.path}{name}[{index}].")
-            self._clean_elements(item.elements, nested)
+            nested = _Level(inner, item.encodings, f"{level.path}{name}[{index}].", tags=tags,
+                            mode=mode or level.mode)
+            if nested.mode != NORMAL and codes.CODING_SCHEME_DESIGNATOR in _tags_of(item.elements):
+                self._code_item(item.elements, nested)
+            else:
+                self._clean_elements(item.elements, nested)
             items.append([chunk for _, chunk in nested.out])
         header_vr = "UN" if inner.implicit and not level.encoding.implicit else "SQ"
         level.out.append((element.tag, sequence_bytes(element.tag, items, inner, header_vr)))
@@ -545,7 +613,8 @@ class _Instance:
     def _dummy(self, element: Element, level: _Level) -> None:
         vr = element.vr
         if vr == "SQ":
-            self._keep(element, level)  # a required sequence keeps its items, cleaned
+            # A required sequence keeps its structure; every value in it is replaced.
+            self._write_sequence(element, level, mode=CLEANED if level.mode == CLEANED else REPLACED)
         elif vr == "UI":
             self._replace_uid(element, level)
         elif element.tag == PATIENT_ID:
@@ -562,48 +631,98 @@ class _Instance:
             self._copy(element, level)
 
     def _clean_value(self, element: Element, level: _Level) -> None:
-        """C: keep the meaning, drop what identifies (shifted dates, scrubbed names and IDs)."""
+        """C: keep the meaning, drop what identifies: shifted dates and times, text reduced to
+        the clean vocabulary, devices by a keyed name, structured content cleaned leaf by leaf."""
         vr = element.vr
         if vr == "SQ":
-            self._keep(element, level)
-        elif vr in ("DA", "DT"):
-            if self.date_shift is None:
-                self._dummy(element, level)
-            else:
-                self._shift_date(element, level)
+            # Graphic annotations keep their geometry and lose their words (Clean Graphics).
+            graphic = element.tag == GRAPHIC_ANNOTATIONS
+            self._write_sequence(element, level, mode=REPLACED if graphic else CLEANED)
+        elif vr in ("DA", "DT", "TM"):
+            self._shift_date(element, level)
+        elif element.tag == TIMEZONE_OFFSET:
+            self._write(element, "+0000", level)  # the offset would name the place
+        elif vr == "AE":
+            self._device_name(element, level)
         elif vr in CODED_TEXT_VRS:
-            # Codes and AE titles cannot hold a scrubbed text: one that names someone is replaced.
+            # Codes cannot hold a cleaned text: one that names someone is replaced.
             if self.identifiers.found_in(value_text(self.buffer, element, level.encodings)):
                 self._dummy(element, level)
             else:
                 self._copy(element, level)
+        elif vr == "PN":
+            self._dummy(element, level)
         elif vr in TEXT_VRS:
-            text = value_text(self.buffer, element, level.encodings)
-            scrubbed = self.identifiers.scrub(text)
-            if scrubbed == text:
-                self._copy(element, level)
-            else:
-                self._write(element, scrubbed, level)
-        elif vr == "TM":
-            self._copy(element, level)  # times are kept: dates move by whole days
+            self._clean_text(element, level)
+        elif (element.tag >> 16) in _OVERLAY_GROUPS and element.tag & 0xFFFF == 0x3000:
+            self._copy(element, level)  # Clean Graphics: the overlay's bitmap is its geometry
         else:
-            # A value the engine cannot clean (OB/OW/UN: MakerNote, CertifiedTimestamp, Overlay
-            # Data...) gets the basic profile's action instead of passing through unchanged.
+            # A value the engine cannot clean (OB/OW/UN: MakerNote, CertifiedTimestamp...) gets
+            # the basic profile's action instead of passing through unchanged.
             basic = _basic_profile().action_for(element.tag) or REMOVE
             if basic in (CLEAN, KEEP):  # pragma: no cover - the basic column has neither
                 basic = REMOVE
-            (_HANDLERS.get(basic) or _resolve_compound(basic, element))(self, element, level)
+            (_HANDLERS.get(basic) or self._compound(basic, element, level))(self, element, level)
+
+    def _clean_text(self, element: Element, level: _Level) -> None:
+        text = value_text(self.buffer, element, level.encodings)
+        values = text.split("\\") if element.vr in _MULTI_VALUED_TEXT else [text]
+        cleaned = [self._clean_words(v) for v in values]
+        new = "\\".join(cleaned)
+        if new == text:
+            self._copy(element, level)
+        elif new.strip(" \\") or element.empty:
+            self._write(element, new, level)
+        else:
+            self._write(element, b"", level)  # nothing left that is known to be safe
+
+    def _clean_words(self, text: str) -> str:
+        """The words of the clean vocabulary (or the user's), less the patient's own (a name
+        that is also an ordinary word)."""
+        words = self.policy.clean_words
+        cleaned = vocabulary.clean_text(text, words)
+        if self.identifiers.found_in(cleaned):
+            cleaned = vocabulary.clean_text(self.identifiers.scrub(cleaned, " "), words)
+        return cleaned
+
+    def _device_name(self, element: Element, level: _Level) -> None:
+        """An AE title becomes a keyed name: the same device keeps one name, its site none."""
+        text = value_text(self.buffer, element, level.encodings).strip()
+        if not text:
+            self._copy(element, level)
+            return
+        names = [f"DEV{_keyed_token(self.secret, b'ae', v.strip(), 12)}" for v in text.split("\\")]
+        self._write(element, "\\".join(names), level)
 
     def _shift_date(self, element: Element, level: _Level) -> None:
-        assert self.date_shift is not None
+        """A date, time or date-time moved by the patient's shift; without one, a dummy."""
         if element.empty:
             self._copy(element, level)
             return
+        if self.date_shift is None:
+            self._dummy(element, level)
+            return
         text = value_text(self.buffer, element, level.encodings)
-        shift = dates.shift_da if element.vr == "DA" else dates.shift_dt
-        shifted = shift(text, self.date_shift)
+        days, seconds = self.date_shift, self.time_shift
+        if element.vr == "DA":
+            days += dates.time_carry(self._sibling_time(element, level), seconds)
+            shifted = dates.shift_da(text, days)
+        elif element.vr == "TM":
+            shifted = dates.shift_tm(text, seconds)
+        else:
+            shifted = dates.shift_moment(text, days, seconds)
         # Not a date we can shift: a dummy keeps the element without its original value.
         self._write(element, DUMMY_BY_VR[element.vr] if shifted is None else shifted, level)
+
+    def _sibling_time(self, element: Element, level: _Level) -> str:
+        """The value of the TM that goes with a DA (StudyDate - StudyTime), "" when none."""
+        time_tag = _paired_time(element.tag)
+        if time_tag is None:
+            return ""
+        for sibling in level.elements:
+            if sibling.tag == time_tag:
+                return value_text(self.buffer, sibling, level.encodings)
+        return ""
 
     def _replace_uid(self, element: Element, level: _Level) -> None:
         text = value_text(self.buffer, element, level.encodings)
@@ -624,12 +743,7 @@ class _Instance:
         if vr == "SQ":
             self._keep(element, level)
         elif vr == "UI":
-            # Under Retain UIDs an unlisted reference to an instance (e.g. SOPInstanceUIDOf-
-            # ConcatenationSource) must keep matching the retained UID it points at.
-            if "retain_uids" in self.options or _is_class_uid(element.tag):
-                self._copy(element, level)
-            else:
-                self._replace_uid(element, level)
+            self._unlisted_uid(element, level)
         elif vr in FREE_TEXT_VRS and element.tag not in MARKING_TAGS and not element.empty:
             self.unhandled[element.tag] += 1
             if self.policy.strict:
@@ -640,6 +754,74 @@ class _Instance:
                 self._copy(element, level)
         else:
             self._copy(element, level)
+
+    def _unlisted_uid(self, element: Element, level: _Level) -> None:
+        # Under Retain UIDs an unlisted reference to an instance (e.g. SOPInstanceUIDOf-
+        # ConcatenationSource) must keep matching the retained UID it points at.
+        if "retain_uids" in self.options or _is_class_uid(element.tag):
+            self._copy(element, level)
+        else:
+            self._replace_uid(element, level)
+
+    # --- inside replaced (D) and cleaned (C) sequences ------------------------------------------
+
+    def _replace_leaf(self, element: Element, level: _Level) -> None:
+        """An attribute the table does not list, inside a dummy or cleaned sequence: no original
+        value survives but numbers and enumerated codes (measurements, value types, geometry)."""
+        vr = element.vr
+        if vr == "SQ":
+            self._write_sequence(element, level)
+        elif vr == "UI":
+            self._unlisted_uid(element, level)
+        elif vr in ("DA", "DT", "TM"):
+            if "retain_long_full_dates" in self.options:
+                self._copy(element, level)
+            else:
+                self._shift_date(element, level)
+        elif level.mode == REPLACED and not element.empty and (
+                vr == "DS" or element.tag in _MEASUREMENTS):
+            self._replace_measurement(element, level)
+        elif vr in _REPLACED_KEPT_VRS or vr == "DS" or element.empty:
+            self._copy(element, level)
+        elif level.mode == CLEANED and vr in TEXT_VRS and vr not in ("PN", "AE", "UR"):
+            self._clean_text(element, level)
+        else:
+            self._write(element, DUMMY_BY_VR.get(vr, DUMMY_TEXT), level)
+
+    def _replace_measurement(self, element: Element, level: _Level) -> None:
+        """A measured value of a dummy tree: zero, as many values as it had (its VM)."""
+        if element.vr == "DS":
+            count = value_text(self.buffer, element, level.encodings).count("\\") + 1
+            self._write(element, "\\".join(["0"] * count), level)
+        else:
+            self._write(element, _MEASUREMENTS[element.tag], level)
+
+    def _code_item(self, elements: list[Element], level: _Level) -> None:
+        """A coded entry: a standard code keeps its value and takes the standard's meaning;
+        a local one (or one the standard does not define) keeps neither."""
+        by_tag = {e.tag: e for e in elements}
+        texts = {tag: value_text(self.buffer, by_tag[tag], level.encodings).strip()
+                 for tag in (codes.CODING_SCHEME_DESIGNATOR, codes.CODE_VALUE) if tag in by_tag}
+        meaning = codes.standard_meaning(texts.get(codes.CODING_SCHEME_DESIGNATOR, ""),
+                                         texts.get(codes.CODE_VALUE, ""))
+        coded = [e for e in elements if e.tag in codes.CODE_TAGS]
+        self._clean_elements([e for e in elements if e.tag not in codes.CODE_TAGS], level)
+        for element in coded:
+            tag = element.tag
+            if meaning is not None:
+                if tag == codes.CODE_MEANING:
+                    self._write(element, meaning, level)
+                else:
+                    self._copy(element, level)
+            elif tag == codes.CODING_SCHEME_DESIGNATOR:
+                self._write(element, codes.LOCAL_SCHEME, level)
+            elif tag == codes.CODING_SCHEME_VERSION:
+                continue  # the local scheme's version: Type 1C only with a version to name
+            elif tag == codes.CODE_MEANING and level.mode == CLEANED:
+                self._clean_text(element, level)
+            else:
+                self._write(element, codes.LOCAL_VALUE, level)
+        level.out.sort(key=lambda entry: entry[0])
 
     def _marks(self, level: _Level) -> dict[int, bytes]:
         profile = self.policy.profile
@@ -706,6 +888,30 @@ def _element_name(tag: int) -> str:
 
 
 @cache
+def _paired_time(date_tag: int) -> int | None:
+    """The TM attribute that completes a DA one (StudyDate - StudyTime), by their keywords."""
+    keyword = keyword_for_tag(date_tag) or ""
+    at = keyword.rfind("Date")
+    if at < 0:
+        return None
+    paired = tag_for_keyword(keyword[:at] + "Time" + keyword[at + 4 :])
+    return None if paired is None else int(paired)
+
+
+def _drop_unconditioned(entries: dict[int, Chunk], profile: Profile) -> None:
+    """Remove a conditional attribute whose condition's attribute the profile removed (unless
+    an option keeps it on purpose)."""
+    for dependent, condition in iod.REQUIRED_IF_PRESENT.items():
+        kept_on_purpose = profile.action_for(dependent) == KEEP
+        if dependent in entries and condition not in entries and not kept_on_purpose:
+            del entries[dependent]
+
+
+def _tags_of(elements: list[Element]) -> set[int]:
+    return {e.tag for e in elements}
+
+
+@cache
 def _is_class_uid(tag: int) -> bool:
     return (keyword_for_tag(tag) or "").endswith(CLASS_UID_KEYWORDS_SUFFIXES)
 
@@ -721,17 +927,29 @@ def _own_values(policy: Policy) -> frozenset[str]:
 _Handler = Callable[[_Instance, Element, _Level], None]
 
 
-def _resolve_compound(action: str, element: Element) -> _Handler:
-    """X/Z, X/D, Z/D, X/Z/D, X/Z/U*: keep the attribute's presence so the IOD stays valid.
+def _resolve_compound(action: str, element: Element, kind: str | None) -> _Handler:
+    """X/Z, X/D, Z/D, X/Z/D, X/Z/U* for an attribute of IOD type ``kind`` ("1", "2", "3").
 
-    Without the IOD's type for the attribute, a present attribute is never removed (it may be
-    Type 1 or 2): it is emptied where emptiness is allowed (X/Z), given a dummy where a value
-    may be required (a non-empty X/D, Z/D, X/Z/D), and a sequence keeps its items with their
-    UIDs replaced (X/Z/U*). None of these outputs carry the original value.
+    Type 3 is removed where the action allows X; Type 2 is emptied (Z); Type 1 gets a dummy (a
+    sequence: its structure, every value replaced). X/Z/U* (references to other images) keeps
+    its items with their UIDs replaced whatever its type: removing or emptying them leaves a
+    Common Instance Reference module that names series nothing refers to any more (dciodvfy on
+    a segmentation: "ReferencedSeriesSequence present but Instance does not reference
+    Instances"), and keyed UIDs identify no one. Without a type (an IOD or a place the tables
+    do not know) a present attribute is never removed, since it may be required: it is emptied
+    where emptiness is allowed (X/Z) and given a dummy where a value may be required. An
+    attribute that came empty stays empty rather than gaining a dummy.
     """
     if action == "X/Z/U*":
         return _Instance._keep
-    if action == "X/Z" or element.empty:
+    removable = "X" in action.split("/")
+    if kind == "3" and removable:
+        return _Instance._remove
+    if kind == "2" or (kind == "3" and "Z" in action):
+        return _Instance._zero
+    if kind is None and action == "X/Z":
+        return _Instance._zero
+    if element.empty:
         return _Instance._zero
     return _Instance._dummy
 
