@@ -36,7 +36,8 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 
 from gateway.deid.elements import read_encoded
-from gateway.deid.engine import SOP_CLASS_UID, SOP_INSTANCE_UID
+from gateway.deid.engine import SOP_CLASS_UID, SOP_INSTANCE_UID, Policy, deidentify_encoded
+from gateway.deid.profile import build_profile
 from gateway.errors import GatewayError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,14 +362,19 @@ def measure_latency(port: int, called: str, paths: list[Path], times_file: Path
             "arrival_p99_ms": percentile(arrivals, 0.99) * 1000}
 
 
+ONE_WORKER = "gateway-1"  # anonymize --workers 1
+
+
 def offline_sources() -> list[Path]:
-    """Every pydicom test file the gateway reads as an instance (dicognito stops at the first
-    file it reads that is not one)."""
+    """Every pydicom test file that is a good instance: one the gateway de-identifies. The rest
+    are broken on purpose (cut short, images stripped of their pixels, no Study UID, a UID of
+    hex digits...): the gateway quarantines them, and a folder of good instances lets every
+    tool write everything (dicognito also stops at the first file that is not an instance)."""
+    policy = Policy(profile=build_profile())
     sources = []
     for path in get_testdata_files():
         try:
-            if not read_encoded(Path(path).read_bytes()).text(SOP_INSTANCE_UID):
-                continue
+            deidentify_encoded(Path(path).read_bytes(), policy, b"bench-secret-0123456789abcdef")
         except (GatewayError, OSError):
             continue
         sources.append(Path(path))
@@ -461,14 +467,17 @@ def run_offline(workdir: Path, ct_paths: list[Path], copies: int, others: list[s
     commands = {
         "gateway": [sys.executable, "-m", "gateway.cli", "anonymize", "--config", str(config),
                     str(src), str(out)],
+        # The open tools use one process: the gateway on one core too, for a like-for-like ratio.
+        ONE_WORKER: [sys.executable, "-m", "gateway.cli", "anonymize", "--config", str(config),
+                     "--workers", "1", str(src), str(out)],
         "dicognito": [sys.executable, "-m", "dicognito", "--quiet", "--assume-burned-in-annotation",
                       "never", "--output-directory", str(out), str(src)],
         "dcmanon": [sys.executable, str(ROOT / "bench" / "dcmanon_folder.py"), str(src), str(out)],
     }
-    tools = ["gateway", *others]
+    tools = ["gateway", ONE_WORKER, *others]
     # anonymize exits 1 when it quarantined some files (a few of pydicom's are meant to be);
     # the dcmanon loop exits 1 when some files failed, having tried them all.
-    success = {"gateway": (0, 1), "dicognito": (0,), "dcmanon": (0, 1)}
+    success = {"gateway": (0, 1), ONE_WORKER: (0, 1), "dicognito": (0,), "dcmanon": (0, 1)}
     run(commands["gateway"], success["gateway"])  # warm-up
     load_before = os.getloadavg()[0]
     runs: dict[str, list[OfflineRun]] = {name: [] for name in tools}
@@ -485,21 +494,27 @@ def offline_summary(runs: dict[str, list[OfflineRun]]) -> dict[str, object]:
     rates = {name: [r.files_per_s for r in tool_runs if r.files_per_s is not None]
              for name, tool_runs in runs.items()}
     medians = {name: round(statistics.median(values), 1) for name, values in rates.items() if values}
-    ratios = {}
-    for name, tool_runs in runs.items():
-        pairs = [(g.files_per_s, t.files_per_s) for g, t in zip(runs["gateway"], tool_runs, strict=True)
-                 if g.files_per_s is not None and t.files_per_s is not None]
-        if name != "gateway" and pairs:
-            ratios[name] = round(statistics.median(g / t for g, t in pairs), 2)
-    open_tools = [name for name in medians if name != "gateway"]
+    open_tools = [name for name in medians if name not in ("gateway", ONE_WORKER)]
     return {
         "files_per_s": medians,
-        "ratios": ratios,  # gateway files/s over the tool's
+        "ratios": _ratios(runs, "gateway", open_tools),  # gateway files/s over the tool's
+        "ratios_one_worker": _ratios(runs, ONE_WORKER, open_tools),
         "fastest_open_tool": max(open_tools, key=medians.__getitem__) if open_tools else None,
         "rounds": {name: [None if r.files_per_s is None else round(r.files_per_s, 1)
                           for r in tool_runs] for name, tool_runs in runs.items()},
         "written": {name: [r.written for r in tool_runs] for name, tool_runs in runs.items()},
     }
+
+
+def _ratios(runs: dict[str, list[OfflineRun]], gateway: str, tools: list[str]) -> dict[str, float]:
+    """Per tool, the median of the rounds' ``gateway``/tool ratios."""
+    ratios = {}
+    for name in tools:
+        pairs = [(g.files_per_s, t.files_per_s) for g, t in zip(runs[gateway], runs[name], strict=True)
+                 if g.files_per_s is not None and t.files_per_s is not None]
+        if pairs:
+            ratios[name] = round(statistics.median(g / t for g, t in pairs), 2)
+    return ratios
 
 
 def compare_throughput(workdir: Path, paths: list[Path], parallel: int, rounds: int
@@ -634,12 +649,14 @@ def print_offline(offline: dict[str, Any]) -> None:
     print(f"\noffline anonymize: {offline['files']} files ({offline['ct']} CT, {offline['test_files']}"
           f" copies of {offline['test_sources']} pydicom test files of {offline['sop_classes']}"
           f" SOP classes), medians of {rounds} rounds")
-    print("  tool          files/s   gateway ratio   written")
+    print("  tool          files/s   gateway ratio   1-worker ratio   written")
     for name, written in offline["written"].items():
         rate = offline["files_per_s"].get(name)
         ratio = offline["ratios"].get(name)
+        single = offline["ratios_one_worker"].get(name)
         print(f"  {name:<10} {'stopped' if rate is None else f'{rate:.1f}':>10}"
               f"   {'' if ratio is None else f'{ratio:13.2f}':>13}"
+              f"   {'' if single is None else f'{single:14.2f}':>14}"
               f"   {written_text(written, offline['files'])}")
         if None in offline["rounds"][name]:
             print(f"    {name} stopped early in {offline['rounds'][name].count(None)} of {rounds} rounds")
