@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import pydicom
+from deid_helpers import walk
 from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -974,16 +975,6 @@ def locate(data: bytes, keys: Iterable[bytes]) -> dict[bytes, list[str]]:
             for key in held:
                 places[key].append(label + path)
     return {key: found or ["<not in any decoded element>"] for key, found in places.items()}
-
-
-def walk(ds: Dataset, path: str = "") -> Iterator[tuple[str, DataElement]]:
-    for elem in ds:
-        name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
-        if elem.VR == "SQ":
-            for index, item in enumerate(elem.value):
-                yield from walk(item, f"{path}{name}[{index}].")
-        else:
-            yield path + name, elem
 
 
 def _raw_value(elem: DataElement) -> bytes:
