@@ -31,7 +31,7 @@ lint: $(BIN)/.installed
 pytest: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-## bench: end-to-end and offline speed against dcmtk and dicognito (not a test; takes minutes)
+## bench: end-to-end speed against dcmtk, offline against dicognito and dcmanon (not a test; takes minutes)
 bench: $(BIN)/.installed system-deps
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m compileall -q gateway  # as installed: no compiling at each command's start
