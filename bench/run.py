@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pixels as pixel_bench  # bench/pixels.py, beside this script
 import pydicom
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -568,7 +569,7 @@ def main() -> int:
     parser.add_argument("--soak", type=int, default=0,
                         help="also stream this many instances and sample the gateway's RSS")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["throughput", "latency", "offline", *OPEN_TOOLS])
+                        choices=["throughput", "latency", "offline", "pixels", *OPEN_TOOLS])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
@@ -606,9 +607,13 @@ def main() -> int:
             others = [tool for tool in OPEN_TOOLS if tool not in args.skip]
             report["offline"] = run_offline(workdir, paths[: args.offline_ct], args.offline_copies,
                                             others, args.rounds)
+        if "pixels" not in args.skip:
+            report["pixels"] = pixel_bench.measure_all()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(report)
+    if "pixels" in report:
+        pixel_bench.print_pixels(report["pixels"])  # type: ignore[arg-type]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"\nJSON: {args.json}")

@@ -89,7 +89,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         return PseudonymStore(settings.database_url)
 
     anonymizer = Anonymizer(settings.policy(), secret, open_store,
-                            Quarantine(settings.quarantine_dir), workers=args.workers)
+                            Quarantine(settings.quarantine_dir), workers=args.workers,
+                            pixels=settings.pixel_policy())
     try:
         progress = _print_progress if sys.stderr.isatty() and not args.json else None
         summary = anonymize_tree(Path(args.src), Path(args.dst), anonymizer, progress)
@@ -362,6 +363,47 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# --- pixel-rules ---------------------------------------------------------------------------------
+
+
+def cmd_pixel_rules_import_ctp(args: argparse.Namespace) -> int:
+    from gateway.pixels.ctp import import_ctp
+
+    try:
+        text = Path(args.script).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {args.script} ({type(exc).__name__})", file=sys.stderr)
+        return EXIT_CONFIG
+    rules = import_ctp(text)
+    if args.out:
+        Path(args.out).write_text(rules, "utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(rules)
+    return EXIT_OK
+
+
+def cmd_pixel_rules_preview(args: argparse.Namespace) -> int:
+    """The first frame with the regions of the matching rule outlined (no rule: none, and the
+    device facts a new rule would need)."""
+    import pydicom
+
+    from gateway.pixels.preview import write_preview
+    from gateway.pixels.rules import missing_rule_hint
+
+    settings = load_settings(Path(args.config))
+    rules = settings.pixels.rules if settings.pixels is not None else None
+    ds = pydicom.dcmread(args.file)
+    rule = rules.match(ds) if rules is not None else None
+    write_preview(ds, rule.regions if rule is not None else (), Path(args.out))
+    os.chmod(args.out, 0o600)  # the image may show the patient's name: for your eyes only
+    if rule is None:
+        print(f"{missing_rule_hint(ds)}; wrote {args.out} without regions")
+        return EXIT_ATTENTION
+    print(f"rule {rule.name!r} (line {rule.line}): {len(rule.regions)} region(s); wrote {args.out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-gateway", description="Store-and-forward anonymizing DICOM gateway."
@@ -420,6 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift"])
     p.add_argument("--output", help="file to write (created 0600); default standard output")
     p.set_defaults(func=cmd_map_export)
+
+    r_parser = commands.add_parser("pixel-rules", help="device rules for burned-in text")
+    r_commands = r_parser.add_subparsers(dest="pixel_rules_command", required=True)
+    p = r_commands.add_parser("import-ctp", help="convert a CTP DicomPixelAnonymizer script")
+    p.add_argument("script")
+    p.add_argument("--out", help="write the TOML here (default: standard output)")
+    p.set_defaults(func=cmd_pixel_rules_import_ctp)
+    p = r_commands.add_parser("preview", help="the first frame as PNG, the rule's regions outlined")
+    _add_config(p)
+    p.add_argument("file")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pixel_rules_preview)
 
     q_parser = commands.add_parser("quarantine", help="instances that could not be passed on")
     q_commands = q_parser.add_subparsers(dest="quarantine_command", required=True)

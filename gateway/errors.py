@@ -11,7 +11,8 @@ GatewayError
     ├── BurnedInAnnotation     pixel data may show identifying text
     ├── LeakDetected           an original identifying value survived de-identification
     ├── DeliveryRefused        a destination refused a de-identified instance for good (dead letter)
-    └── ConflictingInstance    another instance's output is already where this one would go
+    ├── ConflictingInstance    another instance's output is already where this one would go
+    └── PixelCleaningFailed    burned-in text could not be removed from the pixels (or not verified)
 
 Each InstanceError carries a short machine-readable ``reason`` for the quarantine record
 and a DIMSE ``status`` to answer when the gateway is configured to refuse the instance.
@@ -88,6 +89,14 @@ class ConflictingInstance(InstanceError):
 
     reason = "conflicting-instance"
     status = 0xC005
+
+
+class PixelCleaningFailed(InstanceError):
+    """Pixels at risk of showing text could not be cleaned: undecodable, an unsupported pixel
+    layout, text still readable after cleaning, or OCR unavailable (fail closed)."""
+
+    reason = "pixel-cleaning-failed"
+    status = 0xC006
 
 
 @contextmanager

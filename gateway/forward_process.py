@@ -66,8 +66,9 @@ class ForwardProcess:
     it again if it ends by itself, and stops it."""
 
     def __init__(self, settings: Settings, spool: Spool) -> None:
-        # It never sees original data: no key, no patient table.
-        self.settings = dataclasses.replace(settings, secret=None, deidentify=DeidentifySettings())
+        # It never sees original data: no key, no patient table, no pixel rules.
+        self.settings = dataclasses.replace(settings, secret=None, deidentify=DeidentifySettings(),
+                                            pixels=None)
         self.spool = spool
         self.names = [d.name for d in settings.destinations]
         self.report = Report({n: 0 for n in self.names}, {n: 0.0 for n in self.names}, "")

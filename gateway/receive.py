@@ -105,6 +105,7 @@ class Receiver:
     ) -> None:
         self.settings = settings
         self.policy = policy
+        self.pixels = settings.pixel_policy()
         self.secret = secret
         self.spool = spool
         self.store = store
@@ -126,7 +127,7 @@ class Receiver:
         metrics.RECEIVED_BYTES.inc(size)
         try:
             clean = deidentify_received(request.dataset, request.transfer_syntax, self.policy,
-                                        self.secret)
+                                        self.secret, self.pixels)
         except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the instance
             # The original as a file, for the quarantine.
             data = part10_header(request.sop_class_uid, request.sop_instance_uid,
@@ -151,7 +152,7 @@ class Receiver:
         try:
             try:
                 entry = self.spool.put(clean.chunks, result.sop_class_uid,
-                                       result.transfer_syntax_uid, clean.sop_instance_uid)
+                                       clean.transfer_syntax_uid, clean.sop_instance_uid)
                 if excluded:  # a restart must never send it there
                     self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
             except (StateError, OSError):

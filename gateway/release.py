@@ -51,15 +51,17 @@ class Releaser:
         return where
 
     def _to_folder(self, data: bytes, folder: Path) -> str:
-        clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret())
+        clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret(),
+                                 self.settings.pixel_policy())
         write_atomically(output_path(folder, clean), clean.data, durable=True)
         self.store.record(clean.result.pseudonyms)
         return str(folder)
 
     def _to_spool(self, data: bytes) -> str:
-        clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret())
+        clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret(),
+                                 self.settings.pixel_policy())
         Spool(self.settings.spool_dir).prepare().put(clean.data, clean.result.sop_class_uid,
-                                                     clean.result.transfer_syntax_uid)
+                                                     clean.transfer_syntax_uid)
         self.store.record(clean.result.pseudonyms)
         return "spool (all destinations)"
 

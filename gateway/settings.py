@@ -26,6 +26,8 @@ from gateway.deid.uids import DEFAULT_ROOT, MAX_UID_LENGTH
 from gateway.deid.vocabulary import load_user_words
 from gateway.errors import ConfigError, SecretError, StateError
 from gateway.files import write_private
+from gateway.pixels.policy import PixelPolicy
+from gateway.pixels.rules import RuleSet, load_rules
 
 SECRET_ENV = "DICOM_GATEWAY_SECRET"
 MIN_SECRET_BYTES = 16
@@ -161,6 +163,19 @@ class DeidentifySettings:
     )
 
 
+PIXEL_UNMATCHED = ("quarantine", "ocr", "pass")
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """``[pixels]``: burned-in text removal for instances at risk of carrying it."""
+
+    rules_file: Path | None = None
+    unmatched: str = "quarantine"  # at-risk instance that no rule matches
+    fill: int = 0
+    rules: RuleSet = field(default=RuleSet((), ""), repr=False)
+
+
 @dataclass(frozen=True)
 class Settings:
     gateway: GatewaySettings
@@ -170,6 +185,7 @@ class Settings:
     tls: TlsSettings = TlsSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    pixels: PixelSettings | None = None  # None: no [pixels] section, no pixel cleaning
     secret: Secret | None = None
     source: Path | None = None
 
@@ -208,6 +224,13 @@ class Settings:
             )
         return self.secret.reveal()
 
+    def pixel_policy(self) -> PixelPolicy | None:
+        """How burned-in text is removed (None: no [pixels] section)."""
+        p = self.pixels
+        if p is None:
+            return None
+        return PixelPolicy(rules=p.rules, unmatched=p.unmatched, fill=p.fill)  # type: ignore[arg-type]
+
     def policy(self) -> Policy:
         """The de-identification policy these settings describe (for the pure engine)."""
         d = self.deidentify
@@ -226,7 +249,8 @@ class Settings:
             date_shift_max_days=d.date_shift_max_days,
             trust_deidentified=d.trust_deidentified,
             strict=d.strict,
-            quarantine_burned_in_annotation=d.quarantine_burned_in_annotation,
+            # With [pixels], pixel cleaning decides what happens to burned-in annotation.
+            quarantine_burned_in_annotation=d.quarantine_burned_in_annotation and self.pixels is None,
             safe_private=safe,
             replacement_institution_name=d.replacement_institution_name,
             clean_words=d.clean_words,
@@ -587,6 +611,28 @@ def _read_deidentify(section: _Section) -> DeidentifySettings:
     return result
 
 
+def _read_pixels(section: _Section) -> PixelSettings:
+    unmatched = section.get("unmatched", str, "quarantine")
+    if unmatched not in PIXEL_UNMATCHED:
+        raise ConfigError(f"{section.key('unmatched')}: {unmatched!r} is not one of "
+                          f"{', '.join(PIXEL_UNMATCHED)}")
+    fill = section.get("fill", int, 0)
+    if not 0 <= fill <= 0xFFFF:
+        raise ConfigError(f"{section.key('fill')}: {fill} is not a pixel value (0 to 65535)")
+    rules_file = _optional_path(section.get("rules_file", str, ""))
+    rules = RuleSet((), "")
+    if rules_file is not None:
+        try:
+            rules = load_rules(rules_file)
+        except OSError as exc:
+            raise ConfigError(f"{section.key('rules_file')}: cannot read {rules_file} "
+                              f"({exc.strerror})") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{section.key('rules_file')}: {exc}") from exc
+    section.finish()
+    return PixelSettings(rules_file=rules_file, unmatched=unmatched, fill=fill, rules=rules)
+
+
 def _read_clean_words(path: Path, key: str) -> frozenset[str]:
     """The user's words that cleaned descriptions may keep (one a line, # comments)."""
     try:
@@ -637,6 +683,7 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
     tls = _read_tls(root.section("tls"))
     logging_settings = _read_logging(root.section("logging"))
     metrics = _read_metrics(root.section("metrics"))
+    pixels = _read_pixels(root.section("pixels")) if "pixels" in data else None
     if any(d.tls for d in destinations) and tls.ca_certificates is None:
         raise ConfigError("tls.ca_certificates: a destination with tls = true needs the CA "
                           "that signed the archive's certificate")
@@ -649,6 +696,7 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
         tls=tls,
         logging=logging_settings,
         metrics=metrics,
+        pixels=pixels,
         secret=_read_secret(gateway),
         source=source,
     )

@@ -59,10 +59,12 @@ def test_every_readme_command_runs_as_documented(tmp_path: Path) -> None:
     config = config.replace("port = 11112", f"port = {port}")
     config = config.replace("port = 11113", f"port = {archive_port}")
     (tmp_path / "config" / "gateway.toml").write_text(config)
+    shutil.copy(ROOT / "config" / "pixel-rules.toml", tmp_path / "config")
     export, anonymized = tmp_path / "export", tmp_path / "anonymized"
     export.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), export / "ct.dcm")
     shutil.copy(get_testdata_file("MR_small.dcm"), export / "mr.dcm")
+    shutil.copy(get_testdata_file("OBXXXX1A.dcm"), export / "us.dcm")  # a Philips US: a shipped rule
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     (export / "truncated.dcm").write_bytes(data[: len(data) // 2])
     (tmp_path / "archive").mkdir()
@@ -70,6 +72,7 @@ def test_every_readme_command_runs_as_documented(tmp_path: Path) -> None:
                                 str(archive_port)], cwd=tmp_path)
     substitutions = {
         "/data/export": str(export),
+        "/data/export/us.dcm": str(export / "us.dcm"),
         "/data/anonymized": str(anonymized),
         "/secure/backups/gateway": str(tmp_path / "backup"),
     }

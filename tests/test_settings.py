@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def test_example_config_loads_with_its_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "secret.key").write_text(SECRET_HEX + "\n")
+    (tmp_path / "config").mkdir()
+    shutil.copy(EXAMPLE_CONFIG.parent / "pixel-rules.toml", tmp_path / "config")
 
     settings = load_settings(EXAMPLE_CONFIG)
 
@@ -74,10 +77,16 @@ def test_example_config_loads_with_its_defaults(tmp_path, monkeypatch):
     assert (d.date_shift_min_days, d.date_shift_max_days) == (1, 365)
     assert settings.require_secret() == bytes.fromhex(SECRET_HEX)
     settings.policy()  # the engine accepts what the example describes
+    pixels = settings.pixels
+    assert pixels is not None and (pixels.unmatched, pixels.fill) == ("quarantine", 0)
+    assert len(pixels.rules.rules) > 30  # the shipped device layouts
+    assert d.quarantine_burned_in_annotation and not settings.policy().quarantine_burned_in_annotation
 
 
 def test_example_config_without_its_secret_file_names_the_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    shutil.copy(EXAMPLE_CONFIG.parent / "pixel-rules.toml", tmp_path / "config")
     with pytest.raises(SecretError) as info:
         load_settings(EXAMPLE_CONFIG)
     message = str(info.value)

@@ -113,7 +113,7 @@ PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Do
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index, not an instance
 # Output values the callers need (routing, file names), read off the result as text.
 FACT_TAGS = (PATIENT_ID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_CLASS_UID,
-             SOP_INSTANCE_UID, MODALITY)
+             SOP_INSTANCE_UID, MODALITY, BURNED_IN)
 
 # Set by the engine itself after the walk (see _marks), so never reported as unhandled.
 MARKING_TAGS = frozenset({IDENTITY_REMOVED, METHOD, LONGITUDINAL})
