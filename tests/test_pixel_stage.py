@@ -5,6 +5,7 @@ quarantine release with rules."""
 from __future__ import annotations
 
 import json
+import shutil
 from io import BytesIO
 from pathlib import Path
 
@@ -187,3 +188,21 @@ def test_pixels_that_cannot_be_decoded_are_quarantined_not_passed():
 
     with pytest.raises(PixelCleaningFailed):
         deidentify_bytes(buffer.getvalue(), POLICY, SECRET, rules_policy())
+
+
+def test_unmatched_ocr_cleans_an_instance_no_rule_knows_and_the_text_is_gone():
+    from test_pixel_ocr import PATIENT_TOKENS, draw_text, patient_text_on, texts_read, tokens_in
+
+    if shutil.which("tesseract") is None:
+        pytest.skip("the tesseract program is not installed (Debian package tesseract-ocr)")
+    ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
+    ds.BurnedInAnnotation = "YES"  # a CT that says so: at risk
+    draw_text(ds, patient_text_on(ds), [int(ds.pixel_array.max())])
+    assert tokens_in(texts_read(ds), PATIENT_TOKENS)  # the text is there to be found
+    buffer = BytesIO()
+    ds.save_as(buffer)
+    clean = deidentify_bytes(buffer.getvalue(), POLICY, SECRET, rules_policy(unmatched="ocr"))
+    out = pydicom.dcmread(BytesIO(clean.data))
+    assert tokens_in(texts_read(out), PATIENT_TOKENS) == set()
+    assert out.BurnedInAnnotation == "NO"
+    assert "113101" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
