@@ -206,3 +206,21 @@ def test_unmatched_ocr_cleans_an_instance_no_rule_knows_and_the_text_is_gone():
     assert tokens_in(texts_read(out), PATIENT_TOKENS) == set()
     assert out.BurnedInAnnotation == "NO"
     assert "113101" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+
+
+def test_an_encapsulated_pdf_is_quarantined_when_pixels_are_cleaned():
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"  # Encapsulated PDF Storage
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (generate_uid() for _ in range(3))
+    ds.Modality, ds.PatientName, ds.PatientID = "DOC", "Doe^John", "PID-1"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = b"%PDF-1.4 Doe John 1234567 %%EOF\n"
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(BurnedInAnnotation):
+        deidentify_bytes(buffer.getvalue(), POLICY, SECRET, rules_policy(unmatched="pass"))
