@@ -65,7 +65,8 @@ def _pixel_stage(result: Result, pixels: PixelPolicy | None) -> CleanInstance:
         return CleanInstance(result)
     from gateway.pixels.clean import at_risk, clean_pixels  # pydicom's reader: only with [pixels]
 
-    if not at_risk(result.sop_class_uid, result.modality, result.fact(BURNED_IN)):
+    if not at_risk(result.sop_class_uid, result.modality, result.fact(BURNED_IN),
+                   result.transfer_syntax_uid):
         return CleanInstance(result)
     cleaned = clean_pixels(result.data, pixels)
     if cleaned is None:

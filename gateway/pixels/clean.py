@@ -22,15 +22,9 @@ from gateway.pixels.policy import PixelPolicy
 CLEAN_PIXEL_DATA = ("113101", "DCM", "Clean Pixel Data Option")
 
 
-def at_risk(sop_class_uid: str, modality: str, burned_in: str) -> bool:
+def at_risk(sop_class_uid: str, modality: str, burned_in: str, transfer_syntax: str) -> bool:
     """Whether an instance with these facts needs the pixel stage (cheap: no decoding)."""
-    facts = Dataset()
-    facts.SOPClassUID = sop_class_uid
-    if modality:
-        facts.Modality = modality
-    if burned_in:
-        facts.BurnedInAnnotation = burned_in
-    return risk.at_risk(facts) or risk.always_quarantined(facts) is not None
+    return risk.facts_at_risk(sop_class_uid, modality, burned_in, transfer_syntax)
 
 
 def clean_pixels(data: bytes, policy: PixelPolicy) -> tuple[bytes, str] | None:

@@ -74,23 +74,33 @@ def at_risk(ds: Dataset) -> bool:
     BurnedInAnnotation YES (or any value other than NO: fail closed) says so; NO says not, except
     for videos and documents, which are always at risk. Without a value, the SOP class and the
     modality decide."""
-    if always_quarantined(ds) is not None:
+    return facts_at_risk(_sop_class(ds), _text(ds, "Modality"), _text(ds, "BurnedInAnnotation"),
+                         _transfer_syntax(ds))
+
+
+def facts_at_risk(sop_class: str, modality: str, burned_in: str, transfer_syntax: str) -> bool:
+    """``at_risk`` from the four facts it reads (the engine hands them over without a decode)."""
+    if quarantine_reason(sop_class, transfer_syntax) is not None:
         return True
-    burned_in = _text(ds, "BurnedInAnnotation").upper()
+    burned_in = burned_in.strip().upper()
     if burned_in:
         return burned_in != "NO"
-    return _sop_class(ds) in AT_RISK_CLASSES or _text(ds, "Modality").upper() in AT_RISK_MODALITIES
+    return sop_class in AT_RISK_CLASSES or modality.strip().upper() in AT_RISK_MODALITIES
 
 
 def always_quarantined(ds: Dataset) -> str | None:
     """The quarantine reason for an instance no pixel cleaning can make safe (a video, an
     encapsulated document), or None. The reason names the standard class, never a value."""
-    sop_class = _sop_class(ds)
+    return quarantine_reason(_sop_class(ds), _transfer_syntax(ds))
+
+
+def quarantine_reason(sop_class: str, transfer_syntax: str) -> str | None:
+    """``always_quarantined`` from the SOP class and transfer syntax."""
     if sop_class in VIDEO_CLASSES:
         return f"video cannot be cleaned of burned-in text ({VIDEO_CLASSES[sop_class]})"
     if sop_class in ENCAPSULATED_DOCUMENT_CLASSES:
         return f"encapsulated document cannot be cleaned ({ENCAPSULATED_DOCUMENT_CLASSES[sop_class]})"
-    if _transfer_syntax(ds) in VIDEO_TRANSFER_SYNTAXES:
+    if transfer_syntax in VIDEO_TRANSFER_SYNTAXES:
         return "video transfer syntax: pixel data cannot be cleaned of burned-in text"
     return None
 
