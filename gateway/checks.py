@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import GatewayError
+from gateway.net.tls import client_context, server_context
 from gateway.settings import Settings
 from gateway.state import open_engine
-from gateway.tls import client_context, server_context
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Forwarding: one queue and its sender threads per destination, fed from the spool (in the
 forwarding process: ``gateway/forward_process.py``).
 
-Each sender keeps one association open while work is queued (``gateway/scu.py``, in the
+Each sender keeps one association open while work is queued (``gateway/net/requestor.py``, in the
 sender's own thread), sends batches negotiating each instance's own transfer syntax (bytes go
 out as they were spooled, never decoded), and releases the association when idle. Transient
 failures back off exponentially with jitter; permanent refusals and instances past the retry age
@@ -21,19 +21,19 @@ from enum import Enum
 from gateway import logs, metrics
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.errors import DeliveryRefused, GatewayError, MalformedInstance
-from gateway.quarantine import Quarantine
-from gateway.scu import (
+from gateway.net.pdu import VERIFICATION, AssociationRejected, PeerTimeout, UpperLayerError
+from gateway.net.requestor import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     MAX_CONTEXTS,
     Association,
     RequestorConfig,
     associate,
 )
+from gateway.net.tls import client_context
+from gateway.quarantine import Quarantine
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
-from gateway.tls import client_context
-from gateway.upperlayer import VERIFICATION, AssociationRejected, PeerTimeout, UpperLayerError
 
 log = logs.get_logger("forward")
 

@@ -21,12 +21,12 @@ from gateway.deid.elements import PREAMBLE, file_meta
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy
 from gateway.deidentify import CleanInstance, deidentify_received
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
+from gateway.net.acceptor import Server, ServerConfig, StoreRequest
+from gateway.net.tls import server_context
 from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, Deliveries, PseudonymStore
-from gateway.tls import server_context
-from gateway.upperlayer import Server, ServerConfig, StoreRequest
 
 log = logs.get_logger("receive")
 

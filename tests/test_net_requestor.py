@@ -1,4 +1,4 @@
-"""The gateway's own requestor (gateway/scu.py) against real peers: dcmtk storescp (bit
+"""The gateway's own requestor (gateway/net/requestor.py) against real peers: dcmtk storescp (bit
 preserving, small PDUs, refusing, aborting), pynetdicom and Orthanc as acceptors, the gateway's
 own upper layer with TLS, and raw sockets for a peer that never answers. Then the forwarder's
 outcomes through a serving gateway: a silent or aborting archive keeps the entry (TRANSIENT)
@@ -43,15 +43,11 @@ from netpeers import (
     write_study,
 )
 from pynetdicom import AE, evt
-from test_upperlayer import PduTap
+from test_net_acceptor import PduTap
 
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.receive import part10_header, storage_sop_class
-from gateway.scu import FRAGMENT, RequestorConfig, associate
-from gateway.settings import TlsSettings
-from gateway.spool import part10_dataset
-from gateway.tls import client_context, server_context
-from gateway.upperlayer import (
+from gateway.net.acceptor import Server, ServerConfig, StoreRequest, negotiate
+from gateway.net.pdu import (
     A_ABORT,
     A_ASSOCIATE_RQ,
     P_DATA_TF,
@@ -60,14 +56,15 @@ from gateway.upperlayer import (
     PeerAborted,
     PeerClosed,
     PeerTimeout,
-    Server,
-    ServerConfig,
-    StoreRequest,
     encode_abort,
     encode_associate_ac,
-    negotiate,
     parse_associate_rq,
 )
+from gateway.net.requestor import FRAGMENT, RequestorConfig, associate
+from gateway.net.tls import client_context, server_context
+from gateway.receive import part10_header, storage_sop_class
+from gateway.settings import TlsSettings
+from gateway.spool import part10_dataset
 
 pytestmark = requires_dcmtk
 WAIT = 10.0

@@ -1,4 +1,4 @@
-"""The gateway's own DICOM upper layer (gateway/upperlayer.py) against real peers: dcmtk
+"""The gateway's own DICOM upper layer (gateway/net/) against real peers: dcmtk
 storescu/echoscu/storescp, pynetdicom as the requestor, and raw sockets for what no
 well-behaved peer sends. The server runs in-process on a free loopback port; a small TCP relay
 (``PduTap``) records the PDUs that cross it, to check fragmentation in each direction."""
@@ -36,18 +36,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from gateway.net.acceptor import Server, ServerConfig, StoreRequest
+from gateway.net.dimse import decode_command, encode_command
+from gateway.net.pdu import A_ABORT, A_ASSOCIATE_AC, P_DATA_TF, p_data_tf
 from gateway.receive import part10_header, storage_sop_class
-from gateway.upperlayer import (
-    A_ABORT,
-    A_ASSOCIATE_AC,
-    P_DATA_TF,
-    Server,
-    ServerConfig,
-    StoreRequest,
-    decode_command,
-    encode_command,
-    p_data_tf,
-)
 
 pytestmark = requires_dcmtk
 GW = "DICOM_GW"

@@ -3,7 +3,7 @@
 An association belongs to the thread that opened it (a forwarder): it writes a request, then
 reads its response on a blocking socket, one operation at a time. Nothing runs in the
 background and nothing polls. The PDU and command set codec and the PDU reader are those of
-``gateway/upperlayer.py``. Every wait on the peer is bounded:
+``gateway/net/pdu.py``. Every wait on the peer is bounded:
 
 - ``acse_timeout``: connecting, the TLS handshake and the A-ASSOCIATE-AC, all together; the
   A-RELEASE-RP;
@@ -17,7 +17,7 @@ PDU).
 
 Any failure (a timeout, a broken connection, A-ABORT from the peer, an answer that makes no
 sense) aborts the association (A-ABORT sent if the connection still takes it), closes the socket
-and raises one of the UpperLayerError classes listed in ``gateway/upperlayer.py``: the
+and raises one of the UpperLayerError classes listed in ``gateway/net/pdu.py``: the
 association cannot be used after that.
 """
 
@@ -32,42 +32,43 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from gateway.files import write_pieces
-from gateway.upperlayer import (
+from gateway.net.dimse import (
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    MESSAGE_ID_RESPONDED_TO,
+    NO_DATA_SET,
+    RESPONSE_BIT,
+    STATUS,
+    Command,
+    c_echo_rq,
+    c_store_rq,
+    command_us,
+    decode_command,
+)
+from gateway.net.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,
     A_RELEASE_RP,
     ABORT_SERVICE_USER,
-    C_ECHO_RQ,
-    C_STORE_RQ,
-    COMMAND_DATA_SET_TYPE,
-    COMMAND_FIELD,
     CONTEXT_ACCEPTED,
     MAX_ASSOCIATE_RQ_LENGTH,
-    MESSAGE_ID_RESPONDED_TO,
-    NO_DATA_SET,
     P_DATA_TF,
     PDV_OVERHEAD,
     REASON_NOT_SPECIFIED,
     REASON_UNEXPECTED_PDU,
     RELEASE_RQ,
-    RESPONSE_BIT,
-    STATUS,
     VERIFICATION,
     AssociationRejected,
-    Command,
     ConnectionFailed,
-    PduReader,
     PeerAborted,
     PeerClosed,
     PeerTimeout,
     ProposedContext,
     ProtocolError,
     UpperLayerError,
-    c_echo_rq,
-    c_store_rq,
-    command_us,
-    decode_command,
     encode_abort,
     encode_associate_rq,
     p_data_header,
@@ -76,6 +77,7 @@ from gateway.upperlayer import (
     parse_associate_ac,
     parse_associate_rj,
 )
+from gateway.net.reader import PduReader
 
 MAX_CONTEXTS = 128  # presentation context IDs are the odd numbers 1-255
 FRAGMENT = 1 << 20  # data set bytes per PDV at most (also when the peer sets no limit)
