@@ -108,6 +108,12 @@ class ForwardSettings:
     retry_initial_seconds: float = 1.0
     retry_max_seconds: float = 300.0
     max_retry_age_hours: float = 168.0  # older undeliverable instances become dead letters
+    # An instance the archive aborts on or refuses with a transient status this many times,
+    # while it takes others, is a dead letter: it must not hold up the instances behind it.
+    max_attempts: int = 5
+    # Offer the archive the native transfer syntaxes an instance converts to without loss
+    # (and decompressed ones, when a decoder is installed) besides the stored one.
+    convert: bool = True
     rescan_seconds: float = 30.0  # look for spool entries added by others (released dead letters)
     # How much lower the forwarding process's CPU priority is than receiving's (a Unix nice
     # increment): senders wait for each answer, forwarding only has to catch up. Measured
@@ -129,6 +135,16 @@ class GatewaySettings:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 120.0
+    # A connection must send its A-ASSOCIATE-RQ within this (the ARTIM timer, PS3.8 9.1.5).
+    artim_timeout: float = 10.0
+    # Connections not yet associated at once; beyond it the oldest is closed for the newest.
+    max_pending_connections: int = 32
+    # A message may take longer than dimse_timeout while the sender keeps this rate (KiB/s).
+    min_receive_rate_kib: int = 64
+    # Largest instance received (MB); a larger one is refused with 0xA700 before it is held.
+    max_instance_mb: int = 2048
+    # Data sets held in memory at once across associations (MB); beyond it 0xA700.
+    receive_memory_mb: int = 4096
     # What the sender hears when an instance cannot be de-identified (it is quarantined
     # either way): "accept" answers success so the sender does not retry forever.
     on_deidentify_failure: str = "accept"
@@ -360,6 +376,11 @@ def _read_gateway(section: _Section) -> GatewaySettings:
         acse_timeout=_seconds(section, "acse_timeout", 30.0),
         dimse_timeout=_seconds(section, "dimse_timeout", 60.0),
         network_timeout=_seconds(section, "network_timeout", 120.0),
+        artim_timeout=_seconds(section, "artim_timeout", 10.0),
+        max_pending_connections=_positive(section, "max_pending_connections", int, 32),
+        min_receive_rate_kib=_at_least(section, "min_receive_rate_kib", 0, 64),
+        max_instance_mb=_positive(section, "max_instance_mb", int, 2048),
+        receive_memory_mb=_positive(section, "receive_memory_mb", int, 4096),
         on_deidentify_failure=on_failure,
     )
     section.finish()
@@ -451,6 +472,8 @@ def _read_forward(section: _Section) -> ForwardSettings:
         retry_max_seconds=_seconds(section, "retry_max_seconds", 300.0),
         max_retry_age_hours=_seconds(section, "max_retry_age_hours", 168.0),
         rescan_seconds=_seconds(section, "rescan_seconds", 30.0),
+        max_attempts=_positive(section, "max_attempts", int, 5),
+        convert=section.get("convert", bool, True),
         nice=section.get("nice", int, 10),
     )
     if not 0 <= result.nice <= MAX_NICE:
