@@ -18,7 +18,7 @@ from pynetdicom.service_class import StorageServiceClass
 
 from gateway import logs, metrics
 from gateway.deid.elements import PREAMBLE, file_meta
-from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy
+from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy, Result
 from gateway.deidentify import CleanInstance, deidentify_received
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.net.acceptor import Server, ServerConfig, StoreRequest
@@ -32,6 +32,7 @@ log = logs.get_logger("receive")
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH = 0xA900  # PS3.4 B.2.3: the data set is not what its command says
 
 Spooled = Callable[[SpoolEntry, frozenset[str]], None]
 
@@ -77,6 +78,19 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
     meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, IMPLEMENTATION_CLASS_UID,
                      IMPLEMENTATION_VERSION_NAME)
     return bytes(PREAMBLE) + b"DICM" + meta
+
+
+def command_mismatch(request: StoreRequest, result: Result) -> str:
+    """The attribute in which the data set contradicts its C-STORE-RQ ("" when it does not): the
+    SOP Class UID, or the SOP Instance UID (compared through its pseudonym)."""
+    if result.sop_class_uid != request.sop_class_uid:
+        return "SOPClassUID"
+    instance = result.sop_instance_uid
+    if instance != request.sop_instance_uid and not any(
+            p.kind == "uid" and p.original == request.sop_instance_uid and p.pseudonym == instance
+            for p in result.pseudonyms):
+        return "SOPInstanceUID"
+    return ""
 
 
 def _quarantine_reason(exc: Exception) -> InstanceError:
@@ -135,6 +149,12 @@ class Receiver:
             return self._quarantine(data, source, calling_ae, _quarantine_reason(exc))
         log.debug("de-identified", sop_instance_uid=clean.sop_instance_uid, calling_ae=calling_ae,
                   duration_ms=_ms(started))
+        mismatch = command_mismatch(request, clean.result)
+        if mismatch:
+            # The sender would be told that the instance it named is stored: refuse, keep nothing.
+            log.warning("refused: the data set does not match its C-STORE request", attribute=mismatch,
+                        calling_ae=calling_ae, peer=peer, status=f"0x{DATA_SET_DOES_NOT_MATCH:04X}")
+            return DATA_SET_DOES_NOT_MATCH
         status = self._spool(clean, calling_ae, peer, started)
         metrics.DEIDENTIFY_SECONDS.observe(time.perf_counter() - started)
         return status

@@ -122,3 +122,28 @@ def test_64_bit_integers_have_a_32_bit_length_in_explicit_vr(vr: bytes) -> None:
     read = Reader(memoryview(element + following), EXPLICIT_LITTLE).read(0, len(element) + 10)
     assert [(e.tag, e.value_start, e.end) for e in read] == [
         (0x00191010, 12, 20), (0x00200013, 28, 30)]
+
+
+def test_a_deflated_data_set_is_written_with_an_even_length_and_inflates_to_the_same() -> None:
+    """PS3.5 A.5: an odd-length deflate stream gets one trailing NUL; archives abort otherwise."""
+    import zlib
+
+    bodies = [bytes(range(n % 256)) * (n // 7 + 1) for n in range(1, 40)]
+    raw_lengths = []
+    for body in bodies:
+        compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        raw_lengths.append(len(compressor.compress(body) + compressor.flush()))
+        stream = deflate(body)
+        assert len(stream) % 2 == 0
+        assert zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream) == body
+    assert any(length % 2 for length in raw_lengths)  # the padding was needed for some of them
+
+
+def test_a_deflated_instance_de_identified_has_an_even_length_data_set() -> None:
+    path = Path(get_testdata_file("image_dfl.dcm"))
+    policy = Policy(build_profile(()))
+    result = deidentify_encoded(path.read_bytes(), policy, SECRET)
+    output = pydicom.dcmread(BytesIO(result.data))
+    assert output.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
+    assert len(b"".join(result.chunks[1:])) % 2 == 0
+    assert output.PixelData == pydicom.dcmread(path).PixelData

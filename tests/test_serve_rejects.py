@@ -133,3 +133,34 @@ def test_instance_the_archive_refuses_becomes_a_dead_letter(peers: Peers, tmp_pa
     assert str(late[0].file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.91"
     assert late[0].PatientIdentityRemoved == "YES"
     assert gateway.stop() == 0
+
+
+def write_contradicting(folder: Path, attribute: str) -> Path:
+    """A CT file whose file meta (what a sender puts in its C-STORE-RQ) names another SOP class
+    or instance than its data set does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = ct_template()
+    ds.PatientName, ds.PatientID = "Contradicting^Instance", "MRN-CONTRA-1"
+    if attribute == "SOPClassUID":
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    else:
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = folder / f"contradicting-{attribute}.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def test_a_data_set_that_contradicts_its_c_store_request_is_refused(peers: Peers, tmp_path: Path) -> None:
+    """PS3.4 B.2.3 0xA900: the sender would otherwise be told an instance it never sent is stored."""
+    archive = peers.archive()
+    gateway = peers.gateway([DestinationSpec("archive", archive.port)])
+    for attribute in ("SOPClassUID", "SOPInstanceUID"):
+        path = write_contradicting(tmp_path / "src", attribute)
+        assert store_file_as_is(gateway.port, path) == 0xA900, attribute
+    assert gateway.quarantine() == []
+    assert gateway.status()["received"] == 0
+    good = write_study(tmp_path / "good", "MRN-GOOD-2", "Good^Instance", series=1, per_series=1)
+    assert storescu(gateway.port, good.paths).returncode == 0
+    gateway.wait_forwarded(1)
+    assert len(archive.files()) == 1
+    assert "refused: the data set does not match its C-STORE request" in gateway.stderr()

@@ -726,8 +726,11 @@ def _inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
 
 
 def deflate(data: bytes) -> bytes:
+    """The raw deflate stream, padded to an even length with one NUL (PS3.5 A.5): archives
+    abort on an odd-length data set."""
     compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-    return compressor.compress(data) + compressor.flush()
+    stream = compressor.compress(data) + compressor.flush()
+    return stream + b"\x00" if len(stream) % 2 else stream
 
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
