@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gateway.errors import GatewayError
 from gateway.net.tls import client_context, server_context
+from gateway.resources import check_descriptor_limit, descriptors_needed
 from gateway.settings import Settings
 from gateway.state import open_engine
 
@@ -59,6 +60,9 @@ def offline_checks(settings: Settings) -> list[Finding]:
                lambda: open_engine(settings.database_url).dispose()),
         _check("gateway.port", f"{settings.gateway.host}:{settings.gateway.port} is free",
                lambda: _port_free(settings)),
+        _check("gateway.max_associations",
+               f"the file-descriptor limit fits {descriptors_needed(settings)} open files",
+               lambda: check_descriptor_limit(settings)),
     ]
     if not settings.destinations:
         findings.append(Finding(False, "destinations", "no [[destinations]]: serve needs one"))

@@ -21,6 +21,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.forward_process import ForwardProcess
 from gateway.quarantine import Quarantine
 from gateway.receive import Receiver
+from gateway.resources import descriptors_needed, raise_descriptor_limit
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import Deliveries, PseudonymStore
@@ -50,6 +51,7 @@ class Gateway:
         secret = settings.require_secret()
         policy = settings.policy()
         settings.prepare_data_dir()
+        _fit_descriptor_limit(settings)
         lock = _lock_data_dir(settings)
         spool = Spool(settings.spool_dir).prepare(owner=True)
         store = PseudonymStore(settings.database_url)
@@ -102,6 +104,14 @@ class Gateway:
         self.store.close()
         self.deliveries.close()
         os.close(self.data_dir_lock)
+
+
+def _fit_descriptor_limit(settings: Settings) -> None:
+    needed = descriptors_needed(settings)
+    soft, hard = raise_descriptor_limit(needed)
+    if soft < needed:  # serve anyway: fewer senders at once is better than none
+        log.warning("file-descriptor limit below what the configuration needs", limit=soft,
+                    needed=needed, fix="raise LimitNOFILE (systemd) or --ulimit nofile (Docker)")
 
 
 def _lock_data_dir(settings: Settings) -> int:
