@@ -7,6 +7,7 @@ the sender keeps the image and tries again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,16 @@ from gateway.net.acceptor import Server, ServerConfig, StoreRequest
 from gateway.net.tls import server_context
 from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
-from gateway.spool import Spool, SpoolEntry
-from gateway.state import FILTERED, FILTERED_COUNT, QUARANTINED, RECEIVED, Deliveries, PseudonymStore
+from gateway.spool import Spool, SpoolEntry, StagedEntry
+from gateway.state import (
+    FILTERED,
+    FILTERED_COUNT,
+    QUARANTINED,
+    RECEIVED,
+    Deliveries,
+    PendingRecord,
+    PseudonymStore,
+)
 
 log = logs.get_logger("receive")
 
@@ -71,6 +80,13 @@ def storage_sop_class(uid: str) -> bool:
     return (u.is_private
             or pynetdicom_sop_class.uid_to_service_class(u) is StorageServiceClass
             or not hasattr(pynetdicom_sop_class, u.keyword))
+
+
+@lru_cache(maxsize=256)
+def transfer_syntax_supported(uid: str) -> bool:
+    """The transfer syntaxes pydicom's UID dictionary lists as such: native, deflated and every
+    encapsulated one. A private or unknown one cannot be de-identified: refused at negotiation."""
+    return UID(uid).is_transfer_syntax
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
@@ -165,21 +181,26 @@ class Receiver:
         excluded = routing.excluded_from(self.settings.destinations)
         counts = {(RECEIVED, ""): 1}
         counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
-        # The map's new pairs (with the counts) are queued now and committed once the spool file
-        # is written, in one transaction with other associations' pairs: both are durable
-        # before the answer.
+        # The map's new pairs (with the counts) are queued now and committed while the spool
+        # file is written, in one transaction with other associations' pairs. The file becomes
+        # an entry only once both are durable: an instance answered with a failure status is
+        # never forwarded (the sender sends it again).
         mapped = self.store.record_later(result.pseudonyms, counts)
         try:
+            staged = self._stage(clean, mapped, counts)
             try:
-                entry = self.spool.put(clean.chunks, result.sop_class_uid,
-                                       clean.transfer_syntax_uid, clean.sop_instance_uid)
-                if excluded:  # a restart must never send it there
-                    self.deliveries.record((entry.id, name, FILTERED) for name in excluded)
-            except (StateError, OSError):
                 mapped.wait()
-                self._uncount(counts)  # not persisted: the sender keeps it and sends it again
+            except StateError:
+                staged.discard()
                 raise
-            mapped.wait()
+            try:
+                if excluded:  # a restart must never send it there
+                    self.deliveries.record((staged.id, name, FILTERED) for name in excluded)
+                entry = staged.publish()
+            except (StateError, OSError):  # the map's pairs stay: the instance sent again reuses them
+                staged.discard()
+                self._uncount(counts)
+                raise
         except (StateError, OSError) as exc:
             log.error("not persisted", sop_instance_uid=clean.sop_instance_uid,
                       error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
@@ -192,6 +213,19 @@ class Receiver:
             metrics.FILTERED.labels(destination=name).inc()
         self.on_spooled(entry, excluded)
         return SUCCESS
+
+    def _stage(self, clean: CleanInstance, mapped: PendingRecord,
+               counts: dict[tuple[str, str], int]) -> StagedEntry:
+        """The spool file, written; when that fails the counts committed with the map are
+        taken back (the sender keeps the instance and sends it again)."""
+        try:
+            return self.spool.stage(clean.chunks, clean.result.sop_class_uid,
+                                    clean.transfer_syntax_uid, clean.sop_instance_uid)
+        except (StateError, OSError):
+            with contextlib.suppress(StateError):
+                mapped.wait()
+                self._uncount(counts)
+            raise
 
     def _uncount(self, counts: dict[tuple[str, str], int]) -> None:
         try:
@@ -223,13 +257,17 @@ class Receiver:
         rules = g.allowed_calling_aes
         config = ServerConfig(
             ae_title=g.ae_title, host=g.host, port=g.port, max_pdu=g.max_pdu,
-            max_associations=g.max_associations, acse_timeout=g.acse_timeout,
+            max_associations=g.max_associations, artim_timeout=g.artim_timeout,
             dimse_timeout=g.dimse_timeout, network_timeout=g.network_timeout,
+            max_pending_connections=g.max_pending_connections,
+            min_receive_rate_kib=g.min_receive_rate_kib, max_instance_mb=g.max_instance_mb,
+            receive_memory_mb=g.receive_memory_mb,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             ssl_context=server_context(self.settings.tls) if self.settings.tls.enabled else None,
             calling_ae_allowed=lambda title, address: caller_allowed(rules, title, address),
             storage_sop_class=storage_sop_class,
+            transfer_syntax_supported=transfer_syntax_supported,
         )
         self.server = Server(config, self.handle_store).start()
         return self.server

@@ -12,6 +12,7 @@ overwritten or cut off before it holds an entry again.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import os
@@ -73,6 +74,27 @@ def part10_dataset(data: bytes | mmap.mmap) -> memoryview:
     return view[position:]
 
 
+@dataclass
+class StagedEntry:
+    """A spool file written and synced but not yet an entry (see ``Spool.stage``)."""
+
+    spool: Spool
+    temp: Path
+    entry: SpoolEntry
+
+    @property
+    def id(self) -> str:
+        return self.entry.id
+
+    def publish(self) -> SpoolEntry:
+        """Now an entry: durable where the forwarder (and a restart) finds it."""
+        self.spool._publish(self.temp, self.entry)
+        return self.entry
+
+    def discard(self) -> None:
+        self.temp.unlink(missing_ok=True)
+
+
 class Spool:
     def __init__(self, root: Path, recycle: Callable[[Path], None] | None = None) -> None:
         """Only names the folders: reading (status) must not change a spool a gateway uses.
@@ -118,8 +140,16 @@ class Spool:
         sop_instance_uid: str = ""
     ) -> SpoolEntry:
         """Store durably; returns only when the entry survives a crash."""
+        return self.stage(data, sop_class_uid, transfer_syntax_uid, sop_instance_uid).publish()
+
+    def stage(
+        self, data: bytes | Chunks, sop_class_uid: str, transfer_syntax_uid: str,
+        sop_instance_uid: str = ""
+    ) -> StagedEntry:
+        """Write durably under a name the forwarder never looks at; ``publish`` makes it an
+        entry, ``discard`` drops it (what the sender was answered a failure for must never be
+        sent on)."""
         entry_id = self._new_id()
-        final = self.incoming / f"{entry_id}{SUFFIX}"
         temp = self._take_reusable()
         try:
             if temp is None:
@@ -127,17 +157,26 @@ class Spool:
                 size = write_private(temp, data)
             else:
                 size = write_file(temp, data, mode=0o600, durable=True, exclusive=False)
-            os.rename(temp, final)
+        except OSError as exc:
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+            raise StateError(f"cannot write to the spool ({exc.strerror})") from exc
+        entry = SpoolEntry(entry_id, self.incoming / f"{entry_id}{SUFFIX}", sop_class_uid,
+                           transfer_syntax_uid, size, time.time(), sop_instance_uid)
+        return StagedEntry(self, temp, entry)
+
+    def _publish(self, temp: Path, entry: SpoolEntry) -> None:
+        try:
+            os.rename(temp, entry.path)
             if self._incoming_fd is None:
                 fsync_dir(self.incoming)
             else:
                 os.fsync(self._incoming_fd)
         except OSError as exc:
-            if temp is not None:
-                temp.unlink(missing_ok=True)
+            for path in (temp, entry.path):  # renamed but not synced: not an entry either
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise StateError(f"cannot write to the spool ({exc.strerror})") from exc
-        return SpoolEntry(entry_id, final, sop_class_uid, transfer_syntax_uid, size, time.time(),
-                          sop_instance_uid)
 
     def entries(self) -> list[SpoolEntry]:
         """Every durable entry, oldest first (read at start-up and by status)."""
