@@ -26,7 +26,7 @@ def _check(key: str, what: str, action: Callable[[], object]) -> Finding:
     try:
         action()
     except (GatewayError, OSError, ValueError) as exc:
-        return Finding(False, key, str(exc))
+        return Finding(False, key, str(exc).removeprefix(f"{key}: "))  # the key is printed once
     return Finding(True, key, what)
 
 

@@ -333,24 +333,114 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    """The pseudonym map and the secret together: without both, pseudonyms cannot be traced."""
-    from gateway.state import backup_database
+    """A portable export of the state; the key only with --with-secret (see gateway/backup.py)."""
+    from gateway.backup import write_backup
 
     settings = _settings(args)
-    target = Path(args.folder)
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(target, 0o700)
-    backup_database(settings.database_url, target / "gateway.db")
-    if settings.gateway.secret_file is not None:
-        secret_copy = target / "secret.key"
-        secret_copy.unlink(missing_ok=True)
-        write_private(secret_copy, settings.gateway.secret_file.read_bytes())
-    else:
-        print(f"the secret comes from ${SECRET_ENV}: keep a copy of it with this backup",
+    secret = _secret_material(settings) if args.with_secret else None
+    summary = write_backup(settings.database_url, settings.quarantine_dir, Path(args.folder),
+                           secret=secret, force=args.force)
+    rows = summary.rows
+    print(f"backed up {rows['map.jsonl.gz']} map entries, {rows['audit.jsonl.gz']} audit rows, "
+          f"{rows['counters.json']} counters and {rows['quarantine-records.jsonl']} quarantine "
+          f"records to {summary.folder}")
+    if summary.contains_secret:
+        print("warning: this backup contains the secret key: with the map in it, whoever reads "
+              "the backup can re-identify every patient; keep it as safe as the database",
               file=sys.stderr)
-    print(f"backed up the pseudonym map{' and the secret' if settings.gateway.secret_file else ''}"
-          f" to {target}")
+    else:
+        print("the secret key is not in this backup: keep it separately (the map and the key "
+              "belong together; --with-secret copies it here)", file=sys.stderr)
     return EXIT_OK
+
+
+def _secret_material(settings: Settings) -> bytes:
+    """The key as configured: the secret file's bytes, or the environment variable's value."""
+    settings.require_secret()
+    if settings.gateway.secret_file is not None:
+        return settings.gateway.secret_file.read_bytes()
+    return (os.environ.get(SECRET_ENV, "").strip() + "\n").encode()
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Into an empty database; checks the backup whole before anything is written."""
+    from gateway.backup import backup_secret, read_manifest, restore_backup
+
+    folder = Path(args.folder)
+    settings, secret_target = _restore_settings(args)
+    manifest = read_manifest(folder)
+    secret = backup_secret(folder)
+    if args.with_secret and secret is None:
+        raise StateError(f"{folder} holds no secret key (it was made without --with-secret); "
+                         "nothing was restored")
+    if secret is not None:
+        _check_secret_agrees(settings, secret, refuse=args.with_secret)
+    summary = restore_backup(settings.database_url, folder, manifest)
+    print(f"restored {summary.map_entries} map entries, {summary.audit_rows} audit rows and "
+          f"{summary.counters} counters from a {summary.source_dialect} backup of "
+          f"{summary.created}")
+    if summary.quarantine_records:
+        print(f"the backup lists {summary.quarantine_records} quarantine records (in "
+              "quarantine-records.jsonl); their originals are not in a backup, so none is "
+              "restored", file=sys.stderr)
+    if args.with_secret and secret is not None:
+        _restore_secret(settings, secret_target, secret)
+    elif secret is None:
+        print("the key that made these pseudonyms must be in place (gateway.secret_file or "
+              f"${SECRET_ENV}): the map and the key belong together", file=sys.stderr)
+    return EXIT_OK
+
+
+def _restore_settings(args: argparse.Namespace) -> tuple[Settings, Path | None]:
+    """The settings, and the secret file restore may write: a configured secret file that does
+    not exist yet is what ``restore --with-secret`` is for, so it is no error here."""
+    import tomllib
+
+    from gateway.errors import SecretError
+    from gateway.settings import parse_settings
+
+    try:
+        settings = _settings(args)
+        return settings, settings.gateway.secret_file
+    except SecretError:
+        data = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        gateway = dict(data.get("gateway", {}))
+        secret_file = gateway.pop("secret_file", "")
+        target = Path(secret_file).expanduser() if isinstance(secret_file, str) and secret_file \
+            else None
+        if not args.with_secret or target is None or target.exists():
+            raise
+        settings = parse_settings({**data, "gateway": gateway}, Path(args.config))
+        logs.configure(settings.logging.level, settings.logging.format)
+        return settings, target
+
+
+def _check_secret_agrees(settings: Settings, secret: bytes, refuse: bool) -> None:
+    """A key in place that is not the backup's would give known patients new pseudonyms."""
+    from gateway.settings import parse_secret
+
+    if settings.secret is None:
+        return
+    if parse_secret(secret, "secret.key").reveal() == settings.secret.reveal():
+        return
+    message = ("the configured secret key differs from the one in the backup: the map and "
+               "the key belong together")
+    if refuse:
+        raise StateError(f"{message}; move the configured key away to restore the backup's "
+                         "(nothing was restored)")
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _restore_secret(settings: Settings, target: Path | None, secret: bytes) -> None:
+    if target is None:
+        print(f"the config takes the secret from ${SECRET_ENV}: set it to the value in "
+              "secret.key of the backup", file=sys.stderr)
+    elif target.exists():
+        print(f"{target} is in place and matches the backup's key; kept it")
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(target, secret)
+        print(f"wrote the backup's secret key to {target}")
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -440,10 +530,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online", action="store_true", help="also C-ECHO every destination")
     p.set_defaults(func=cmd_check_config)
 
-    p = commands.add_parser("backup", help="copy the pseudonym map and the secret to FOLDER")
+    p = commands.add_parser(
+        "backup", help="export the pseudonym map, audit, counters and quarantine records to FOLDER",
+        description="A portable, versioned backup (SQLite or PostgreSQL) in a private folder: "
+        "manifest.json with checksums, map, audit, counters, quarantine records (never the "
+        "originals). The secret key only with --with-secret.")
     _add_config(p)
     p.add_argument("folder")
+    p.add_argument("--with-secret", action="store_true",
+                   help="also copy the secret key (secret.key): the backup then re-identifies alone")
+    p.add_argument("--force", action="store_true", help="replace a backup already in FOLDER")
     p.set_defaults(func=cmd_backup)
+
+    p = commands.add_parser(
+        "restore", help="load a backup from FOLDER into an empty database",
+        description="Checks the backup's format and checksums, then loads map, audit and "
+        "counters into the configured database (SQLite or PostgreSQL), which must have an empty "
+        "map. Stop the gateway first.")
+    _add_config(p)
+    p.add_argument("folder")
+    p.add_argument("--with-secret", action="store_true",
+                   help="write the backup's secret key to gateway.secret_file if that does not "
+                   "exist (never over an existing one)")
+    p.set_defaults(func=cmd_restore)
 
     p = commands.add_parser("echo", help="C-ECHO each destination (or the one named)")
     _add_config(p)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     DateTime,
@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from gateway.deid.engine import Pseudonym
@@ -53,6 +53,8 @@ WRITE_LOCK = threading.RLock()
 KNOWN_CACHE = 20_000  # pairs remembered as written (about 4 MB); bounded so memory stays flat
 COUNT_FLUSH_SECONDS = 2.0
 COMMIT_WAIT_SECONDS = 60.0  # bound on waiting for a map commit (SQLite waits 10 s for locks)
+
+_T = TypeVar("_T")
 
 
 class Base(DeclarativeBase):
@@ -83,6 +85,9 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(32))
     query: Mapped[str] = mapped_column(String(256))
     account: Mapped[str] = mapped_column(String(64))
+
+
+AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -126,19 +131,67 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
+POOL_RECYCLE_SECONDS = 1800  # below the idle timeouts of firewalls and poolers in between
+CONNECT_TIMEOUT_SECONDS = 10
+DRIVER_EXTRAS = {"postgresql": "postgresql"}  # backend -> the extra that installs its driver
+
+
 def open_engine(url: str) -> Engine:
-    """Open (and create) the database; an SQLite file is made 0600 before anything is in it."""
+    """Open (and create) the database; an SQLite file is made 0600 before anything is in it.
+
+    A server database's pooled connections are checked before each use (a restarted server
+    leaves them dead) and replaced now and then.
+    """
     try:
         sqlite_file = _sqlite_path(url)
         if sqlite_file is not None:
             _create_private_file(sqlite_file)
-        engine = create_engine(url)
-        if sqlite_file is not None:
+            engine = create_engine(url)
             event.listen(engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(engine)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, pool_recycle=POOL_RECYCLE_SECONDS,
+                                   connect_args=_connect_args(url))
+        _create_tables(engine)
+    except ImportError as exc:
+        raise StateError(_missing_driver(url, exc)) from exc
     except (SQLAlchemyError, OSError) as exc:
-        raise StateError(f"cannot open the database ({type(exc).__name__}: {exc})") from exc
+        raise StateError(f"cannot open the database ({type(exc).__name__}: {_first_line(exc)})") \
+            from exc
     return engine
+
+
+def _connect_args(url: str) -> dict[str, object]:
+    if make_url(url).get_backend_name() == "postgresql":
+        return {"connect_timeout": CONNECT_TIMEOUT_SECONDS}  # an unreachable host must not hang
+    return {}
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create missing tables; two nodes starting on one new database may both try, and the
+    loser of that race finds the tables there on a second look."""
+    try:
+        Base.metadata.create_all(engine)
+    except (IntegrityError, ProgrammingError):
+        Base.metadata.create_all(engine)
+
+
+def _missing_driver(url: str, exc: ImportError) -> str:
+    backend = make_url(url).get_backend_name()
+    extra = DRIVER_EXTRAS.get(backend)
+    if extra is None:
+        return (f"gateway.database_url: the {backend} driver is not installed "
+                f"(no module {exc.name or 'for it'}); install the one the URL names")
+    hint = "" if make_url(url).get_driver_name() == "psycopg" else \
+        ", and write the URL as postgresql+psycopg://..."
+    return (f"gateway.database_url: the PostgreSQL driver is not installed; "
+            f"pip install 'dicom-gateway[{extra}]'{hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The database's own words, without SQLAlchemy's statement dump and links."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
 
 
 def _dialect_insert(dialect: str, table: Table) -> Any:
@@ -180,23 +233,46 @@ def _aggregate(pseudonyms: Iterable[Pseudonym]) -> dict[tuple[str, str], tuple[s
 class _Writer:
     """A store's own connection for its writes, held open: taking one from the pool for each
     small transaction cost more than the transaction's own work. One that fails is dropped and
-    the next write opens another."""
+    the next write opens another.
+
+    The held connection is not checked before each use (that would cost a round trip per
+    write); instead ``run`` repeats a transaction once when the connection turns out dead
+    before the commit was sent (a restarted server): the server then rolled it back, so
+    nothing is written twice. A commit whose outcome is unknown is never repeated.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._conn: Connection | None = None
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def run(self, work: Callable[[Connection], _T]) -> _T:
+        """``work(conn)`` in one transaction, committed before this returns."""
         with WRITE_LOCK:
-            if self._conn is None:
-                self._conn = self.engine.connect()
-            try:
-                with self._conn.begin():
-                    yield self._conn
-            except BaseException:
-                self.close()
-                raise
+            for attempt in (1, 2):
+                try:
+                    conn = self._connection()
+                    transaction = conn.begin()
+                    result = work(conn)
+                except DBAPIError as exc:
+                    self.close()
+                    if attempt == 1 and exc.connection_invalidated:
+                        continue
+                    raise
+                except BaseException:
+                    self.close()
+                    raise
+                try:
+                    transaction.commit()
+                except BaseException:
+                    self.close()
+                    raise
+                return result
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
 
     def close(self) -> None:
         with WRITE_LOCK:
@@ -253,11 +329,13 @@ class PseudonymStore:
     def close(self) -> None:
         with self._lock:
             self._closing = True
-        with self._committing:
-            self._commit_queued()
-        self.flush()
-        self._writer.close()
-        self.engine.dispose()
+        try:
+            with self._committing:
+                self._commit_queued()
+            self.flush()
+        finally:
+            self._writer.close()
+            self.engine.dispose()
 
     def record(
         self, pseudonyms: Iterable[Pseudonym], counts: Mapping[tuple[str, str], int] | None = None
@@ -294,7 +372,7 @@ class PseudonymStore:
                 else:
                     self._queue.append(pending)
         if time.monotonic() - self._last_flush > COUNT_FLUSH_SECONDS:
-            self.flush()
+            self._flush_in_passing()
         return pending
 
     def _commit_for(self, pending: PendingRecord, timeout: float) -> None:
@@ -336,41 +414,54 @@ class PseudonymStore:
             pending.finish(None)
 
     def flush(self) -> None:
-        """Write the counts and last-seen times gathered in memory."""
+        """Write the counts and last-seen times gathered in memory; on failure they stay there
+        for the next flush."""
         with self._lock:
             pending, self._pending = self._pending, {}
             self._last_flush = time.monotonic()
-        if pending:
+        if not pending:
+            return
+        try:
             self._write({k: ("", count, last) for k, (count, last) in pending.items()},
                         counts_only=True)
+        except StateError:
+            with self._lock:
+                for key, (count, last) in pending.items():
+                    newer_count, newer_last = self._pending.get(key, (0, last))
+                    self._pending[key] = (count + newer_count, max(last, newer_last))
+            raise
+
+    def _flush_in_passing(self) -> None:
+        """A flush on a receiver's way: statistics must not fail an instance whose pairs were
+        written (the counts stay in memory for the next try)."""
+        with contextlib.suppress(StateError):
+            self.flush()
 
     def _write(self, rows: dict[tuple[str, str], tuple[str, int, datetime]],
                counts_only: bool = False,
                counts: Mapping[tuple[str, str], int] | None = None) -> None:
-        table = PSEUDONYMS
+        # Sorted, as every node writes them: two transactions taking row locks in one order
+        # wait for each other instead of deadlocking.
         values = [{"kind": kind, "original": original, "pseudonym": pseudonym,
                    "first_seen": seen, "last_seen": seen, "count": count}
-                  for (kind, original), (pseudonym, count, seen) in rows.items()]
+                  for (kind, original), (pseudonym, count, seen) in sorted(rows.items())]
+
+        def work(conn: Connection) -> None:
+            if counts:
+                _add_counts(conn, counts)
+            if not values:
+                pass
+            elif counts_only:
+                conn.execute(_ADD_TO_PAIR, [{"b_kind": v["kind"], "b_original": v["original"],
+                                             "b_count": v["count"], "b_seen": v["last_seen"]}
+                                            for v in values])
+            elif self._upsert is not None:
+                conn.execute(self._upsert, values)
+            else:
+                self._write_portably(conn, values)
+
         try:
-            with self._writer.transaction() as conn:
-                if counts:
-                    _add_counts(conn, counts)
-                if not values:
-                    pass
-                elif counts_only:
-                    conn.execute(
-                        update(table)
-                        .where(table.c.kind == bindparam("b_kind"),
-                               table.c.original == bindparam("b_original"))
-                        .values(count=table.c.count + bindparam("b_count"),
-                                last_seen=bindparam("b_seen")),
-                        [{"b_kind": v["kind"], "b_original": v["original"],
-                          "b_count": v["count"], "b_seen": v["last_seen"]} for v in values],
-                    )
-                elif self._upsert is not None:
-                    conn.execute(self._upsert, values)
-                else:
-                    self._write_portably(conn, values)
+            self._writer.run(work)
         except SQLAlchemyError as exc:
             raise StateError(f"cannot write the pseudonym map ({type(exc).__name__})") from exc
 
@@ -419,25 +510,15 @@ class PseudonymStore:
             return [(r.at, r.action, r.query, r.account) for r in rows]
 
 
-def backup_database(url: str, target: Path) -> None:
-    """Copy an SQLite database consistently while the gateway runs (SQLite's online backup)."""
-    import sqlite3
-
-    source = _sqlite_path(url)
-    if source is None:
-        raise StateError("gateway.database_url: backup copies SQLite only; back up other "
-                         "databases with their own tools (e.g. pg_dump)")
-    _create_private_file(target)
-    try:
-        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
-            src.backup(dst)
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot back up the database ({exc})") from exc
-
-
 def _entry(row: PseudonymRow) -> MapEntry:
-    return MapEntry(row.kind, row.original, row.pseudonym, row.first_seen, row.last_seen,
-                    row.count)
+    return MapEntry(row.kind, row.original, row.pseudonym, _utc(row.first_seen),
+                    _utc(row.last_seen), row.count)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back the naive UTC times it stored, PostgreSQL times in the session's zone:
+    the same answer from both."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _account() -> str:
@@ -506,9 +587,11 @@ class Deliveries:
         self._counts: Counter[tuple[str, str]] = Counter()
 
     def close(self) -> None:
-        self.flush()
-        self._writer.close()
-        self.engine.dispose()
+        try:
+            self.flush()
+        finally:
+            self._writer.close()
+            self.engine.dispose()
 
     def record(
         self,
@@ -524,18 +607,34 @@ class Deliveries:
         now = datetime.now(UTC)
         values = [{"entry_id": entry_id, "destination": destination, "outcome": outcome,
                    "at": now} for entry_id, destination, outcome in rows]
+        values.sort(key=lambda v: (v["entry_id"], v["destination"]))  # one lock order on every node
+
+        def work(conn: Connection) -> None:
+            if self._upsert is not None:
+                conn.execute(self._upsert, values)
+                return
+            for v in values:  # databases without INSERT ... ON CONFLICT
+                conn.execute(delete(DELIVERIES).where(
+                    DELIVERIES.c.entry_id == v["entry_id"],
+                    DELIVERIES.c.destination == v["destination"]))
+                conn.execute(DELIVERIES.insert().values(**v))
+
         try:
-            with self._writer.transaction() as conn:
-                if self._upsert is not None:
-                    conn.execute(self._upsert, values)
-                else:  # databases without INSERT ... ON CONFLICT
-                    for v in values:
-                        conn.execute(delete(DELIVERIES).where(
-                            DELIVERIES.c.entry_id == v["entry_id"],
-                            DELIVERIES.c.destination == v["destination"]))
-                        conn.execute(DELIVERIES.insert().values(**v))
+            self._writer.run(work)
         except SQLAlchemyError as exc:
             raise StateError(f"cannot write delivery state ({type(exc).__name__})") from exc
+
+    def audit(self, entries: Iterable[tuple[str, str]], account: str | None = None) -> None:
+        """Add (action, query) rows to the audit table, all in one transaction."""
+        now, who = _now(), (account or _account())[:64]
+        values = [{"at": now, "action": action[:32], "query": query[:256], "account": who}
+                  for action, query in entries]
+        if not values:
+            return
+        try:
+            self._writer.run(lambda conn: conn.execute(AUDIT.insert(), values))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write audit rows ({type(exc).__name__})") from exc
 
     def count(self, counts: Mapping[tuple[str, str], int], durable: bool = False) -> None:
         """Add to counters: in memory, or (``durable``) committed before returning."""
@@ -550,8 +649,7 @@ class Deliveries:
         if not +counts:
             return
         try:
-            with self._writer.transaction() as conn:
-                _add_counts(conn, counts)
+            self._writer.run(lambda conn: _add_counts(conn, counts))
         except SQLAlchemyError as exc:
             with self._lock:
                 self._counts.update(counts)  # keep them for the next try
@@ -581,22 +679,48 @@ class Deliveries:
 
 
 # Statements built once: building them per commit costs more than the commit's own SQL.
+_ADD_TO_PAIR = (
+    update(PSEUDONYMS)
+    .where(PSEUDONYMS.c.kind == bindparam("b_kind"),
+           PSEUDONYMS.c.original == bindparam("b_original"))
+    .values(count=PSEUDONYMS.c.count + bindparam("b_count"), last_seen=bindparam("b_seen"))
+)
 _ADD_TO_COUNTER = (
     update(COUNTERS)
     .where(COUNTERS.c.name == bindparam("b_name"), COUNTERS.c.destination == bindparam("b_dest"))
     .values(value=COUNTERS.c.value + bindparam("b_value"))
 )
 _NEW_COUNTER = COUNTERS.insert()
+_COUNTER_UPSERTS: dict[str, Any] = {}
+
+
+def _counter_upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT adding to the value: two nodes creating one counter row at once
+    both succeed, where an UPDATE-then-INSERT would make one fail on the primary key."""
+    if dialect not in _COUNTER_UPSERTS:
+        statement = _dialect_insert(dialect, COUNTERS)
+        _COUNTER_UPSERTS[dialect] = None if statement is None else statement.on_conflict_do_update(
+            index_elements=["name", "destination"],
+            set_={"value": COUNTERS.c.value + statement.excluded.value},
+        )
+    return _COUNTER_UPSERTS[dialect]
 
 
 def _add_counts(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
-    for (name, destination), value in counts.items():
-        if not value:
-            continue
-        updated = conn.execute(_ADD_TO_COUNTER,
-                               {"b_name": name, "b_dest": destination, "b_value": value})
+    rows = [{"name": name, "destination": destination, "value": value}
+            for (name, destination), value in sorted(counts.items()) if value]
+    if not rows:
+        return
+    upsert = _counter_upsert(conn.dialect.name)
+    if upsert is not None:
+        conn.execute(upsert, rows)
+        return
+    for row in rows:  # databases without INSERT ... ON CONFLICT
+        updated = conn.execute(_ADD_TO_COUNTER, {"b_name": row["name"],
+                                                 "b_dest": row["destination"],
+                                                 "b_value": row["value"]})
         if not updated.rowcount:
-            conn.execute(_NEW_COUNTER, {"name": name, "destination": destination, "value": value})
+            conn.execute(_NEW_COUNTER, row)
 
 
 def entry_created(entry_id: str) -> float:

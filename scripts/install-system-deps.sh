@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real DICOM peers the tests use (Debian packages: dcmtk, dicom3tools, Orthanc as
-# a real PACS, openssl for a test CA, tesseract for OCR of burned-in text), only where they are
-# missing.
+# a real PACS, openssl for a test CA, tesseract for OCR of burned-in text, PostgreSQL for the
+# shared-state tests), only where they are missing.
 set -euo pipefail
 need=()
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
@@ -9,6 +9,8 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)  # OCR of burned-in text (gateway/pixels)
+# The server programs (initdb, pg_ctl); tests/pgserver.py starts its own server on a free port.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -95,7 +95,7 @@ def test_every_readme_command_runs_as_documented(tmp_path: Path) -> None:
     finally:
         archive.terminate()
         archive.wait(timeout=WAIT)
-    assert (tmp_path / "backup" / "gateway.db").is_file()
+    assert (tmp_path / "backup" / "manifest.json").is_file()
     assert (tmp_path / "key.csv").read_text().startswith("kind,original,pseudonym")
 
 
