@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -270,30 +269,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.spool import Spool
-    from gateway.state import Deliveries, status_report
+    from gateway.status import status, text_lines
 
-    settings = _settings(args)
-    deliveries = Deliveries(settings.database_url)
-    try:
-        spool_ids = Spool(settings.spool_dir).ids()
-        report = status_report(deliveries, spool_ids, [d.name for d in settings.destinations],
-                               time.time())
-    finally:
-        deliveries.close()
+    report = status(_settings(args))
     if args.json:
         print(json.dumps(report, indent=2))
-        return EXIT_OK
-    for key in ("received", "forwarded", "quarantined", "dead_lettered", "pending"):
-        print(f"{key:14} {report[key]}")
-    destinations = report["destinations"]
-    assert isinstance(destinations, dict)
-    for name, d in destinations.items():
-        age = d["oldest_pending_age_seconds"]
-        oldest = "" if age is None else f", oldest {age:.0f} s"
-        print(f"  {name}: pending {d['pending']}{oldest}; forwarded {d['forwarded']}, "
-              f"dead letters {d['dead_lettered']}, filtered {d['filtered']}")
-    return EXIT_OK
+    else:
+        print("\n".join(text_lines(report)))
+    return EXIT_OK if report["cluster"]["database"] == "reachable" else EXIT_ATTENTION
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -519,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_serve)
 
-    p = commands.add_parser("status", help="counts and pending work, from the persisted state")
+    p = commands.add_parser(
+        "status", help="this node (serving? healthy? what its spool still owes) and the totals of "
+        "every node sharing the database")
     _add_config(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)

@@ -247,6 +247,9 @@ class Receiver:
         metrics.QUARANTINED.labels(reason=error.reason).inc()
         return status
 
+    def listening(self) -> bool:
+        return self.server is not None and self.server.listening()
+
     def active_associations(self) -> int:
         return self.server.active_associations() if self.server is not None else 0
 

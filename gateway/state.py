@@ -34,6 +34,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     or_,
     select,
     update,
@@ -731,28 +732,41 @@ def entry_created(entry_id: str) -> float:
         return 0.0
 
 
-def status_report(
+def pending_report(
     deliveries: Deliveries, spool_ids: list[str], destinations: list[str], now: float
-) -> dict[str, object]:
-    """Counts since the database was made, and what each destination still has to receive."""
-    counters = deliveries.counters()
-    per_destination: dict[str, dict[str, object]] = {}
+) -> dict[str, dict[str, object]]:
+    """What each destination still has to receive from this node's spool."""
+    report: dict[str, dict[str, object]] = {}
     for name in destinations:
         done = deliveries.delivered(name)
         pending = [i for i in spool_ids if i not in done]
         oldest = min((entry_created(i) for i in pending), default=None)
-        per_destination[name] = {
+        report[name] = {
             "pending": len(pending),
             "oldest_pending_age_seconds": None if oldest is None else round(now - oldest, 3),
-            "forwarded": counters.get((FORWARDED, name), 0),
-            "dead_lettered": counters.get((DEAD_LETTERED, name), 0),
-            "filtered": counters.get((FILTERED_COUNT, name), 0),
         }
+    return report
+
+
+def totals_report(deliveries: Deliveries, destinations: list[str]) -> dict[str, object]:
+    """Counts since the database was made, by every node that shares it."""
+    counters = deliveries.counters()
+    per_destination = {name: {"forwarded": counters.get((FORWARDED, name), 0),
+                              "dead_lettered": counters.get((DEAD_LETTERED, name), 0),
+                              "filtered": counters.get((FILTERED_COUNT, name), 0)}
+                       for name in destinations}
     return {
         "received": counters.get((RECEIVED, ""), 0),
-        "forwarded": sum(counters.get((FORWARDED, n), 0) for n in destinations),
+        "forwarded": sum(d["forwarded"] for d in per_destination.values()),
         "quarantined": counters.get((QUARANTINED, ""), 0),
-        "dead_lettered": sum(counters.get((DEAD_LETTERED, n), 0) for n in destinations),
-        "pending": sum(int(d["pending"]) for d in per_destination.values()),  # type: ignore[call-overload]
+        "dead_lettered": sum(d["dead_lettered"] for d in per_destination.values()),
+        "map": map_sizes(deliveries.engine),
         "destinations": per_destination,
     }
+
+
+def map_sizes(engine: Engine) -> dict[str, int]:
+    """Pseudonym map entries by kind (patient, uid, date_shift)."""
+    with Session(engine) as session:
+        rows = session.execute(select(PSEUDONYMS.c.kind, func.count()).group_by(PSEUDONYMS.c.kind))
+        return {str(kind): int(count) for kind, count in rows}

@@ -280,11 +280,21 @@ class GatewayProcess:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(self.workdir, *args, "--config", str(self.config_path))
 
-    def status(self) -> dict[str, Any]:
+    def status_sections(self) -> dict[str, Any]:
+        """``status --json`` as it is: {"schema", "node", "cluster"}."""
         result = self.cli("status", "--json")
         assert result.returncode == 0, result.stderr
         report: dict[str, Any] = json.loads(result.stdout)
         return report
+
+    def status(self) -> dict[str, Any]:
+        """The numbers most tests look at, in one level: the cluster's totals, this node's
+        pending work, and per destination both."""
+        report = self.status_sections()
+        node, cluster = report["node"], report["cluster"]
+        destinations = {name: {**cluster["destinations"][name], **pending}
+                        for name, pending in node["destinations"].items()}
+        return {**cluster, "pending": node["pending"], "destinations": destinations, "node": node}
 
     def quarantine(self) -> list[dict[str, Any]]:
         result = self.cli("quarantine", "list", "--json")
@@ -582,3 +592,130 @@ class Peers:
             gateway.stop()
         for archive in self.archives:
             archive.stop()
+
+
+# --- raw peers: what no well-behaved tool sends (tests of the acceptor's hardening) ---------------
+
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+
+
+def raw_associate_rq(
+    called: str = GATEWAY_AE,
+    calling: str = "RAW",
+    contexts: Sequence[tuple[int, str, Sequence[str]]] = (),
+    protocol_version: int = 1,
+    application_context: str = APPLICATION_CONTEXT_NAME,
+    max_pdu: int = 16384,
+) -> bytes:
+    """An A-ASSOCIATE-RQ PDU: ``contexts`` as (ID, abstract syntax, transfer syntaxes)."""
+    def item(kind: int, value: bytes) -> bytes:
+        return kind.to_bytes(1, "big") + b"\x00" + len(value).to_bytes(2, "big") + value
+
+    body = (protocol_version.to_bytes(2, "big") + b"\x00\x00" + called.encode().ljust(16)
+            + calling.encode().ljust(16) + bytes(32)
+            + item(0x10, application_context.encode())
+            + b"".join(item(0x20, bytes((cid, 0, 0, 0)) + item(0x30, abstract.encode())
+                            + b"".join(item(0x40, ts.encode()) for ts in syntaxes))
+                       for cid, abstract, syntaxes in contexts)
+            + item(0x50, item(0x51, max_pdu.to_bytes(4, "big"))))
+    return b"\x01\x00" + len(body).to_bytes(4, "big") + body
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "closed in the middle of a PDU"
+        data += chunk
+    return data
+
+
+def recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole PDU: its type and variable field."""
+    header = recv_exactly(sock, 6)
+    return header[0], recv_exactly(sock, int.from_bytes(header[2:6], "big"))
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the peer sends until it closes (a reset counts as closed); a
+    TimeoutError if it does not close within ``timeout`` of its last byte."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(data)
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory from /proc/PID/status, KiB: resident now (VmRSS) or at its peak
+    (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """The soft limit on open files up to ``wanted`` (within the hard limit); skip the test
+    when the hard limit is lower."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+# --- a pynetdicom archive that misbehaves on purpose (tests of the forwarder) ---------------------
+
+ABORT = "abort"  # what a PynetdicomArchive's ``decide`` returns to abort the association
+
+
+@dataclass
+class PynetdicomArchive:
+    """A pynetdicom storage SCP as the archive: it takes ``sop_classes`` in ``transfer_syntaxes``
+    and, for each C-STORE, does what ``decide(dataset)`` says: None stores it (0x0000), a
+    number answers that status, ABORT aborts the association. Records what it stored and how
+    many C-STOREs it saw. ``stop`` shuts it down."""
+
+    sop_classes: Sequence[str]
+    transfer_syntaxes: Sequence[str]
+    decide: Callable[[Dataset], int | str | None] = lambda _ds: None
+    port: int = 0
+    stored: list[Dataset] = field(default_factory=list)
+    attempts: int = 0
+    server: Any = None
+
+    def start(self) -> PynetdicomArchive:
+        from pynetdicom import AE, evt
+
+        ae = AE(ae_title=ARCHIVE_AE)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        for sop_class in self.sop_classes:
+            ae.add_supported_context(sop_class, list(self.transfer_syntaxes))
+        self.port = self.port or free_port()
+        self.server = ae.start_server((LOOPBACK, self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        return self
+
+    def _on_store(self, event: Any) -> int:
+        self.attempts += 1
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        decision = self.decide(dataset)
+        if decision == ABORT:
+            event.assoc.abort()
+            return 0xC000  # not sent: the association is gone
+        if decision is None:
+            self.stored.append(dataset)
+            return 0x0000
+        return int(decision)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None

@@ -68,7 +68,7 @@ def start() -> Iterator[Callable[..., Running]]:
             return handler(request) if handler else 0x0000
 
         settings: dict[str, object] = {
-            "acse_timeout": 5.0, "dimse_timeout": 5.0, "network_timeout": 5.0,
+            "artim_timeout": 5.0, "dimse_timeout": 5.0, "network_timeout": 5.0,
             "implementation_class_uid": "1.2.826.0.1.3680043.10.999.2",
             "implementation_version_name": "TEST_UL", "storage_sop_class": storage_sop_class,
         }
@@ -202,7 +202,7 @@ def test_unknown_called_ae_title_is_rejected_with_that_reason(start: Callable[..
 def test_after_a_rejection_the_requestor_closes_the_connection(start: Callable[..., Running]) -> None:
     """PS3.8 Sta13: the acceptor waits for the requestor to close (closing first races the
     requestor's reading of the A-ASSOCIATE-RJ); one that never closes is dropped after ARTIM."""
-    running = start(acse_timeout=1.0)
+    running = start(artim_timeout=1.0)
     with socket.create_connection((LOOPBACK, running.port), timeout=WAIT) as sock:
         sock.sendall(associate_rq(called="SOMEONE_ELSE"))
         kind, _ = recv_pdu(sock)
@@ -211,7 +211,7 @@ def test_after_a_rejection_the_requestor_closes_the_connection(start: Callable[.
         with pytest.raises(TimeoutError):
             sock.recv(1)  # still open: the gateway waits for us
         started = time.monotonic()
-        assert read_until_closed(sock) == b""  # until the ARTIM timer (acse_timeout) runs out
+        assert read_until_closed(sock) == b""  # until the ARTIM timer (artim_timeout) runs out
         assert 0.2 < time.monotonic() - started < WAIT
 
 
@@ -439,8 +439,8 @@ def test_data_on_a_context_that_was_not_accepted_is_aborted(start: Callable[...,
         lambda: running.server.active_associations() == 0, WAIT)
 
 
-def test_a_silent_peer_is_dropped_after_the_acse_timeout(start: Callable[..., Running]) -> None:
-    running = start(acse_timeout=1.0)
+def test_a_silent_peer_is_dropped_after_the_artim_timeout(start: Callable[..., Running]) -> None:
+    running = start(artim_timeout=1.0)
     with socket.create_connection((LOOPBACK, running.port), timeout=WAIT) as sock:
         started = time.monotonic()
         answer = read_until_closed(sock, timeout=WAIT)

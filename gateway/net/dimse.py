@@ -14,16 +14,18 @@ PRIORITY_MEDIUM = 0x0000
 SUCCESS = 0x0000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 UNRECOGNIZED_OPERATION = 0x0211
+OUT_OF_RESOURCES = 0xA700  # C-STORE: refused for now; the sender keeps the instance
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC211  # the store handler raised (pynetdicom answers the same)
 
 # Command set elements (group 0000)
 AFFECTED_SOP_CLASS_UID, REQUESTED_SOP_CLASS_UID = 0x0002, 0x0003
 COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_RESPONDED_TO = 0x0100, 0x0110, 0x0120
-PRIORITY, COMMAND_DATA_SET_TYPE, STATUS = 0x0700, 0x0800, 0x0900
+PRIORITY, COMMAND_DATA_SET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
 AFFECTED_SOP_INSTANCE_UID, REQUESTED_SOP_INSTANCE_UID = 0x1000, 0x1001
 
 _COMMAND_ELEMENT = struct.Struct("<HHI")
+MAX_ERROR_COMMENT = 64  # Error Comment is LO
 
 
 Command = dict[int, bytes]  # element number in group 0000 -> value
@@ -63,6 +65,11 @@ def _ui(uid: str) -> bytes:
     return raw + b"\x00" if len(raw) % 2 else raw  # PS3.5 6.2: UIDs padded with NUL
 
 
+def _lo(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")[:MAX_ERROR_COMMENT]
+    return raw + b" " if len(raw) % 2 else raw  # PS3.5 6.2: text padded with a space
+
+
 def encode_command(elements: dict[int, bytes]) -> bytes:
     body = b"".join(_COMMAND_ELEMENT.pack(0, e, len(v)) + v for e, v in sorted(elements.items()))
     return _COMMAND_ELEMENT.pack(0, 0, 4) + len(body).to_bytes(4, "little") + body
@@ -88,9 +95,9 @@ def c_echo_rq(message_id: int) -> bytes:
     })
 
 
-def response_command(request: Command, status: int) -> bytes | None:
-    """The response to ``request`` with ``status``; None for what is not answered (C-CANCEL,
-    a response sent to us)."""
+def response_command(request: Command, status: int, error_comment: str = "") -> bytes | None:
+    """The response to ``request`` with ``status`` (and an Error Comment if given, cut to 64
+    characters); None for what is not answered (C-CANCEL, a response sent to us)."""
     field_ = command_us(request, COMMAND_FIELD)
     if field_ is None or field_ & RESPONSE_BIT or field_ == C_CANCEL_RQ:
         return None
@@ -108,4 +115,6 @@ def response_command(request: Command, status: int) -> bytes | None:
         request, REQUESTED_SOP_INSTANCE_UID)
     if sop_instance:
         elements[AFFECTED_SOP_INSTANCE_UID] = _ui(sop_instance)
+    if error_comment:
+        elements[ERROR_COMMENT] = _lo(error_comment)
     return encode_command(elements)

@@ -36,12 +36,17 @@ P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 PDU_TYPES = frozenset({A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ,
                        A_RELEASE_RP, A_ABORT})
 MAX_ASSOCIATE_RQ_LENGTH = 1 << 20  # far beyond 128 contexts with a dozen transfer syntaxes each
+RELEASE_ABORT_LENGTH = 4  # the variable field of A-RELEASE-RQ/RP and A-ABORT: 4 reserved bytes
 
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE title not recognized
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE title not recognized
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit
+REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)  # permanent, service-user, context name not supported
+REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)  # permanent, service-provider (ACSE), version not supported
 REJECT_REASONS = {
+    REJECT_PROTOCOL_VERSION: "protocol version not supported",
+    REJECT_APPLICATION_CONTEXT: "application context name not supported",
     REJECT_CALLING_AE: "calling AE title not recognized",
     REJECT_CALLED_AE: "called AE title not recognized",
     REJECT_LOCAL_LIMIT: "local limit exceeded",
@@ -138,6 +143,11 @@ class AssociateRequest:
     max_pdu: int = 0  # the most the peer receives in one P-DATA-TF (variable field); 0: no limit
     implementation_class_uid: str = ""
     implementation_version_name: str = ""
+    protocol_version: int = 1  # a bit field; bit 0 is version 1, the only one PS3.8 defines
+
+    @property
+    def supports_version_1(self) -> bool:
+        return bool(self.protocol_version & 0x0001)
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,7 @@ def parse_associate_rq(body: bytes) -> AssociateRequest:
         called_ae_field=body[4:20], calling_ae_field=body[20:36],
         application_context=application_context, contexts=tuple(contexts), max_pdu=max_pdu,
         implementation_class_uid=class_uid, implementation_version_name=version_name,
+        protocol_version=int.from_bytes(body[0:2], "big"),
     )
 
 

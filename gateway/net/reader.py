@@ -17,24 +17,46 @@ from gateway.net.pdu import (
 )
 
 READ_BUFFER = 256 * 1024
+SMALL_BUFFER = 8 * 1024  # enough for an A-ASSOCIATE-RQ in a few reads; what a pending connection costs
 
 
 class PduReader:
     """Reads PDUs from a blocking socket through one reused buffer (few system calls), each
-    wait bounded by ``timeout`` or, when set, by ``deadline``."""
+    wait bounded by ``timeout`` or, when set, by ``deadline``.
 
-    def __init__(self, sock: socket.socket) -> None:
+    The deadline may be made to move with the data: ``start_deadline(seconds, bytes_per_second)``
+    pushes it later by one second per ``bytes_per_second`` received, so a large transfer at a
+    reasonable rate is not cut while a trickle is."""
+
+    def __init__(self, sock: socket.socket, buffer_size: int = READ_BUFFER) -> None:
         self.sock = sock
-        self.buffer = bytearray(READ_BUFFER)
+        self.buffer = bytearray(buffer_size)
         self.view = memoryview(self.buffer)
         self.start = self.end = 0
         self._timeout: float | None = None
         self.deadline: float | None = None  # time.monotonic() the whole read must end by
+        self._seconds_per_byte = 0.0  # how much each byte received moves the deadline
 
     def set_timeout(self, seconds: float) -> None:
         if seconds != self._timeout:
             self.sock.settimeout(seconds)
             self._timeout = seconds
+
+    def start_deadline(self, seconds: float, bytes_per_second: float = 0.0) -> None:
+        """From now, reads must end within ``seconds``, plus 1 s per ``bytes_per_second``
+        received from now on (0: no extension); until ``deadline`` is set to None."""
+        self.deadline = time.monotonic() + seconds
+        self._seconds_per_byte = 1.0 / bytes_per_second if bytes_per_second > 0 else 0.0
+
+    def grow(self, size: int = READ_BUFFER) -> None:
+        """A larger buffer (what is buffered is kept): once a connection is worth it."""
+        if len(self.buffer) >= size:
+            return
+        kept = self.end - self.start
+        buffer = bytearray(size)
+        buffer[:kept] = self.view[self.start : self.end]
+        self.buffer, self.view = buffer, memoryview(buffer)
+        self.start, self.end = 0, kept
 
     def _fill(self, need: int) -> None:
         """Until ``need`` bytes are buffered (``need`` is small: a header or one byte)."""
@@ -55,9 +77,22 @@ class PduReader:
                 received = self.sock.recv_into(self.view[self.end :])
             except (ConnectionResetError, ssl.SSLEOFError) as exc:
                 raise PeerClosed("connection reset") from exc
+            except TimeoutError:
+                if self.deadline is None:
+                    raise
+                continue  # the deadline may have moved with the bytes received: check it again
             if not received:
                 raise PeerClosed("connection closed")
             self.end += received
+            if self.deadline is not None and self._seconds_per_byte:
+                self.deadline += received * self._seconds_per_byte
+
+    def wait_for_data(self, timeout: float) -> None:
+        """Until at least one byte is buffered, within ``timeout`` (no deadline applies)."""
+        self.deadline = None
+        if self.start == self.end:
+            self.set_timeout(timeout)
+            self._fill(1)
 
     def pdu_header(self) -> tuple[int, int]:
         """The next PDU's type and length; a ProtocolError for a type PS3.8 does not define."""
@@ -102,5 +137,14 @@ class PduReader:
                 self._fill(1)
             chunk = min(n, self.end - self.start)
             target += self.view[self.start : self.start + chunk]
+            self.start += chunk
+            n -= chunk
+
+    def skip(self, n: int) -> None:
+        """Read and drop the next ``n`` bytes (nothing is kept but the buffer)."""
+        while n:
+            if self.start == self.end:
+                self._fill(1)
+            chunk = min(n, self.end - self.start)
             self.start += chunk
             n -= chunk
