@@ -276,7 +276,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print("\n".join(text_lines(report)))
-    return EXIT_OK if report["cluster"]["database"] == "reachable" else EXIT_ATTENTION
+    cluster = report["cluster"]
+    if cluster["database"] != "reachable":  # the node's part is printed all the same
+        print(f"error: {cluster['error']}", file=sys.stderr)
+        return EXIT_STATE
+    return EXIT_OK
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

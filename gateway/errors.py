@@ -12,6 +12,7 @@ GatewayError
     ├── LeakDetected           an original identifying value survived de-identification
     ├── DeliveryRefused        a destination refused a de-identified instance for good (dead letter)
     ├── ConflictingInstance    another instance's output is already where this one would go
+    ├── ConversionFailed       cannot be converted to a transfer syntax a destination takes
     └── PixelCleaningFailed    burned-in text could not be removed from the pixels (or not verified)
 
 Each InstanceError carries a short machine-readable ``reason`` for the quarantine record
@@ -89,6 +90,13 @@ class ConflictingInstance(InstanceError):
 
     reason = "conflicting-instance"
     status = 0xC005
+
+
+class ConversionFailed(InstanceError):
+    """The forwarder could not convert the instance to a transfer syntax the destination takes
+    (no decoder, or decoding or encoding failed): a dead letter for that destination."""
+
+    reason = "conversion-failed"
 
 
 class PixelCleaningFailed(InstanceError):

@@ -2,11 +2,19 @@
 forwarding process: ``gateway/forward_process.py``).
 
 Each sender keeps one association open while work is queued (``gateway/net/requestor.py``, in the
-sender's own thread), sends batches negotiating each instance's own transfer syntax (bytes go
-out as they were spooled, never decoded), and releases the association when idle. Transient
-failures back off exponentially with jitter; permanent refusals and instances past the retry age
-become dead letters in the quarantine. A spool entry is deleted only when every destination has
-it.
+sender's own thread), sends batches and releases the association when idle. For each instance it
+proposes the stored transfer syntax and, when ``forward.convert`` and a conversion exists, a
+second context with the native syntaxes it converts to (``gateway/transcode.py``): bytes go out
+as they were spooled when the archive takes the stored syntax, converted in memory otherwise
+(and audited). Transient failures back off exponentially with jitter; permanent refusals and
+instances past the retry age become dead letters in the quarantine.
+
+No head-of-line blocking: an instance whose C-STORE fails (the archive aborts, drops the
+connection, does not answer, or answers 0xA7xx) gets a strike and goes to the back of the queue,
+so the ones behind it go next. One that has struck out ``forward.max_attempts`` times while the
+destination accepted others is a dead letter; a destination that takes nothing dead-letters
+nothing this way (it is down, not the instance). A spool entry is deleted only when every
+destination has it.
 """
 
 from __future__ import annotations
@@ -16,16 +24,26 @@ import ssl
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from enum import Enum
+
+from pydicom.uid import UID
 
 from gateway import logs, metrics
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.errors import DeliveryRefused, GatewayError, MalformedInstance
-from gateway.net.pdu import VERIFICATION, AssociationRejected, PeerTimeout, UpperLayerError
+from gateway.errors import ConversionFailed, DeliveryRefused, GatewayError, MalformedInstance
+from gateway.net.pdu import (
+    CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED,
+    VERIFICATION,
+    AssociationRejected,
+    PeerTimeout,
+    UpperLayerError,
+)
 from gateway.net.requestor import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     MAX_CONTEXTS,
     Association,
+    Proposal,
     RequestorConfig,
     associate,
 )
@@ -34,33 +52,67 @@ from gateway.quarantine import Quarantine
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
+from gateway.transcode import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    convert,
+    fallback_syntaxes,
+    pad_deflated,
+    syntax_name,
+)
 
 log = logs.get_logger("forward")
 
-NO_CONTEXT = "no accepted presentation context for its SOP class and transfer syntax"
+CONVERTED = "transfer syntax converted"  # the audit action
+ALREADY_GONE = "already gone"  # released or purged meanwhile: done, though not sent
 RESCAN_MIN_AGE = 10.0  # seconds: younger entries are still being registered by the receiver
 TRANSIENT_STATUS_PREFIX = 0xA700  # 0xA7xx: out of resources, try again later
 WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
 
 
-class NoAcceptedContext(Exception):
-    """The destination accepted the association but none of its presentation contexts."""
-
-
 class Outcome(Enum):
     SENT = "sent"
-    TRANSIENT = "transient"  # try again later (connection, timeout, out of resources)
+    TRANSIENT = "transient"  # try again later, not the instance's doing (no association, spool)
+    FAILED = "failed"  # its C-STORE failed (abort, dropped, no answer, 0xA7xx): a strike
     REFUSED = "refused"  # never going to be accepted: dead letter
 
 
 def classify_status(status: int | None) -> Outcome:
     if status is None:
-        return Outcome.TRANSIENT  # no response: timeout or abort
+        return Outcome.FAILED  # no response: timeout or abort
     if status == 0x0000 or status in WARNING_STATUSES:
         return Outcome.SENT
     if status & 0xFF00 == TRANSIENT_STATUS_PREFIX:
-        return Outcome.TRANSIENT
+        return Outcome.FAILED
     return Outcome.REFUSED
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One instance's C-STORE: how it went, why (a dead letter's reason when refused), and the
+    (from, to) transfer syntaxes if it was converted."""
+
+    outcome: Outcome
+    why: str
+    converted: tuple[str, str] | None = None
+
+
+@dataclass
+class Strikes:
+    count: int
+    accepted_before: int  # how many the destination had accepted at the first strike
+
+
+def proposals(entry: SpoolEntry, convert: bool) -> tuple[Proposal, ...]:
+    """The presentation contexts an instance needs: its stored transfer syntax and, when
+    converting, one with the native syntaxes it converts to (never the stored one)."""
+    sop_class, stored = entry.sop_class_uid, entry.transfer_syntax_uid
+    targets = fallback_syntaxes(stored) if convert else ()
+    return ((sop_class, (stored,)), (sop_class, targets)) if targets else ((sop_class, (stored,)),)
+
+
+def sop_class_name(uid: str) -> str:
+    """A SOP class's keyword (``CTImageStorage``), or its UID if unknown."""
+    return UID(uid).keyword or uid
 
 
 class Dispatcher:
@@ -73,7 +125,7 @@ class Dispatcher:
         self.spool = spool
         self.deliveries = deliveries
         self.names = frozenset(d.name for d in settings.destinations)
-        self.queues = {d.name: SendQueue() for d in settings.destinations}
+        self.queues = {d.name: SendQueue(settings.forward.convert) for d in settings.destinations}
         self.forwarders = [
             Forwarder(d, index, self.queues[d.name], settings, self, deliveries, quarantine)
             for d in settings.destinations for index in range(settings.forward.associations)
@@ -161,6 +213,14 @@ class Dispatcher:
                 self.recover(min_age=RESCAN_MIN_AGE)
             except GatewayError as exc:
                 log.warning("spool rescan failed; trying again later", error=type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - released entries wait for this thread
+                log.error("spool rescan failed unexpectedly; trying again later",
+                          error=type(exc).__name__)
+
+    def threads_alive(self) -> dict[str, bool]:
+        """Each sender thread and the rescanner, by name: running or not (for health)."""
+        threads: list[threading.Thread] = [*self.forwarders, self._rescanner]
+        return {t.name: t.is_alive() for t in threads}
 
     def stop(self, timeout: float) -> None:
         self._stopping.set()
@@ -172,13 +232,17 @@ class Dispatcher:
 
 
 class SendQueue:
-    """One destination's instances waiting to be sent, shared by its senders."""
+    """One destination's instances waiting to be sent, shared by its senders, and the strikes
+    of those whose C-STORE failed (in memory: a restart starts them afresh)."""
 
-    def __init__(self) -> None:
+    def __init__(self, convert: bool = False) -> None:
         self.entries: deque[SpoolEntry] = deque()
         self.cond = threading.Condition()
         self.stopping = False
         self.senders = 1  # set by the senders: how many share the queue
+        self.convert = convert  # propose the syntaxes instances convert to
+        self.accepted = 0  # instances the destination accepted since the start
+        self.strikes: dict[str, Strikes] = {}  # entry id -> its strikes
 
     def submit(self, entry: SpoolEntry) -> None:
         with self.cond:
@@ -203,13 +267,12 @@ class SendQueue:
         all be busy, so a short queue is spread over them rather than left to one."""
         size = max(1, min(size, len(self.entries) // self.senders))
         batch: list[SpoolEntry] = []
-        contexts: set[tuple[str, str]] = set()
+        contexts: set[Proposal] = set()
         while self.entries and len(batch) < size:
-            entry = self.entries[0]
-            pair = (entry.sop_class_uid, entry.transfer_syntax_uid)
-            if pair not in contexts and len(contexts) >= MAX_CONTEXTS:
+            needed = contexts.union(proposals(self.entries[0], self.convert))
+            if len(needed) > MAX_CONTEXTS:
                 break
-            contexts.add(pair)
+            contexts = needed
             batch.append(self.entries.popleft())
         return batch
 
@@ -217,6 +280,29 @@ class SendQueue:
         with self.cond:
             self.entries.extendleft(reversed(entries))
             self.cond.notify()
+
+    def to_back(self, entry: SpoolEntry) -> None:
+        """Behind everything queued: the ones behind it go first."""
+        with self.cond:
+            self.entries.append(entry)
+            self.cond.notify()
+
+    def strike(self, entry_id: str) -> tuple[int, bool]:
+        """One more failed C-STORE of this entry: its strikes, and whether the destination has
+        accepted another instance since its first."""
+        with self.cond:
+            strikes = self.strikes.setdefault(entry_id, Strikes(0, self.accepted))
+            strikes.count += 1
+            return strikes.count, self.accepted > strikes.accepted_before
+
+    def accepted_one(self, entry_id: str) -> None:
+        with self.cond:
+            self.accepted += 1
+            self.strikes.pop(entry_id, None)
+
+    def forget(self, entry_id: str) -> None:
+        with self.cond:
+            self.strikes.pop(entry_id, None)
 
 
 class Forwarder(threading.Thread):
@@ -242,7 +328,7 @@ class Forwarder(threading.Thread):
         self.deliveries = deliveries
         self.quarantine = quarantine
         self._assoc: Association | None = None
-        self._contexts: frozenset[tuple[str, str]] = frozenset()
+        self._contexts: frozenset[Proposal] = frozenset()
         self._failures = 0
         self._not_before = 0.0
 
@@ -280,27 +366,60 @@ class Forwarder(threading.Thread):
     def _send(self, batch: list[SpoolEntry]) -> None:
         sent: list[SpoolEntry] = []
         dead: list[SpoolEntry] = []
+        converted: list[tuple[SpoolEntry, str, str]] = []
         for index, entry in enumerate(batch):
             if self.queue.stopping:
                 self._requeue(batch[index:])
                 break
-            outcome, why = self._store(batch, entry)
-            if outcome is Outcome.SENT:
+            attempt = self._store(batch, entry)
+            if attempt.outcome is Outcome.SENT:
                 sent.append(entry)
-            elif outcome is Outcome.REFUSED or self._too_old(entry):
-                if self._dead_letter(entry, why):
-                    dead.append(entry)
+                if attempt.why == ALREADY_GONE:
+                    self.queue.forget(entry.id)
                 else:
-                    self._requeue(batch[index:])
-                    self._back_off()
-                    break
+                    self.queue.accepted_one(entry.id)
+                if attempt.converted:
+                    converted.append((entry, *attempt.converted))
+                continue
+            outcome, why = attempt.outcome, attempt.why
+            if outcome is Outcome.FAILED:
+                struck_out = self._strike(entry, why)
+                if struck_out is not None:
+                    outcome, why = Outcome.REFUSED, struck_out
+            elif outcome is Outcome.TRANSIENT and self._too_old(entry):
+                outcome, why = Outcome.REFUSED, self._too_old_reason(why)
+            if outcome is Outcome.REFUSED and self._dead_letter(entry, why):
+                dead.append(entry)
+                self.queue.forget(entry.id)
+                continue
+            if outcome is Outcome.FAILED:
+                self.queue.to_back(entry)  # the ones behind it go next
+                self._requeue(batch[index + 1:])
             else:
                 self._requeue(batch[index:])
-                self._back_off()
-                break
+            self._back_off()
+            break
         else:
             self._failures = 0
-        self._record(sent, dead)
+        self._drop_useless_association()
+        self._record(sent, dead, converted)
+
+    def _strike(self, entry: SpoolEntry, why: str) -> str | None:
+        """Count a failed C-STORE; the dead letter's reason once the instance has failed
+        ``max_attempts`` times while the destination took others (or is too old), else None."""
+        strikes, others_accepted = self.queue.strike(entry.id)
+        name = self.destination.name
+        if strikes >= self.settings.forward.max_attempts and others_accepted:
+            return f"{name} aborted or failed it {strikes} times while accepting others; last: {why}"
+        if self._too_old(entry):
+            return self._too_old_reason(why)
+        log.warning("store failed; the instance goes to the back of the queue", destination=name,
+                    sop_instance_uid=entry.sop_instance_uid, attempt=strikes, reason=why)
+        return None
+
+    def _too_old_reason(self, why: str) -> str:
+        hours = self.settings.forward.max_retry_age_hours
+        return f"{self.destination.name} did not take it within {hours:g} h; last: {why}"
 
     def _send_safely(self, batch: list[SpoolEntry]) -> None:
         try:
@@ -315,46 +434,86 @@ class Forwarder(threading.Thread):
     def _too_old(self, entry: SpoolEntry) -> bool:
         return entry.age > self.settings.forward.max_retry_age_hours * 3600
 
-    def _store(self, batch: list[SpoolEntry], entry: SpoolEntry) -> tuple[Outcome, str]:
+    def _store(self, batch: list[SpoolEntry], entry: SpoolEntry) -> Attempt:
+        name = self.destination.name
         try:
             dataset = entry.dataset()
         except FileNotFoundError:
-            return Outcome.SENT, "already gone"  # released or purged meanwhile
+            return Attempt(Outcome.SENT, ALREADY_GONE)
         except MalformedInstance:
-            return Outcome.REFUSED, "the spool file is not a Part-10 file"
+            return Attempt(Outcome.REFUSED, f"not sent to {name}: the spool file is not a "
+                           "Part-10 file")
         except OSError:
-            return Outcome.TRANSIENT, "spool file unreadable"
-        try:
-            assoc = self._association(batch)
-        except NoAcceptedContext:
-            return Outcome.REFUSED, NO_CONTEXT
+            return Attempt(Outcome.TRANSIENT, "spool file unreadable")
+        assoc = self._association(batch)
         if assoc is None:
-            return Outcome.TRANSIENT, "no association"
-        if not assoc.accepts(entry.sop_class_uid, entry.transfer_syntax_uid):
-            return Outcome.REFUSED, NO_CONTEXT
+            return Attempt(Outcome.TRANSIENT, "no association")
+        stored = entry.transfer_syntax_uid
+        syntax = self._syntax_for(assoc, entry)
+        if syntax is None:
+            return Attempt(Outcome.REFUSED, self._no_context_reason(assoc, entry))
+        converted = None
+        if syntax != stored:
+            try:
+                dataset = memoryview(convert(dataset, stored, syntax))
+            except ConversionFailed as exc:
+                return Attempt(Outcome.REFUSED, f"{name} takes it only converted: {exc}")
+            converted = (stored, syntax)
+        elif stored == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            dataset = memoryview(pad_deflated(dataset))  # spooled before the engine padded it
         started = time.perf_counter()
         try:
             status: int | None = assoc.store(entry.sop_class_uid, entry.sop_instance_uid,
-                                             entry.transfer_syntax_uid, dataset)
+                                             syntax, dataset)
         except UpperLayerError as exc:  # the association is over (aborted and closed)
             self._release(abort=True)
-            log.warning("association lost", destination=self.destination.name,
-                        error=type(exc).__name__)
+            log.warning("association lost", destination=name, error=type(exc).__name__)
             if not isinstance(exc, PeerTimeout):
-                return Outcome.TRANSIENT, "association lost"
+                return Attempt(Outcome.FAILED, f"association lost ({type(exc).__name__})")
             status = None
         outcome = classify_status(status)
         if outcome is Outcome.SENT:
             assert status is not None
             elapsed = time.perf_counter() - started
-            metrics.FORWARD_SECONDS.labels(destination=self.destination.name).observe(elapsed)
-            log.info("forwarded", sop_instance_uid=entry.sop_instance_uid,
-                     destination=self.destination.name, status=f"0x{status:04X}",
-                     size=entry.size, duration_ms=round(elapsed * 1000, 2))
-        return outcome, "no response" if status is None else f"status 0x{status:04X}"
+            metrics.FORWARD_SECONDS.labels(destination=name).observe(elapsed)
+            log.info("forwarded", sop_instance_uid=entry.sop_instance_uid, destination=name,
+                     status=f"0x{status:04X}", size=entry.size,
+                     duration_ms=round(elapsed * 1000, 2))
+            if converted:
+                log.info("converted", sop_instance_uid=entry.sop_instance_uid, destination=name,
+                         from_syntax=syntax_name(stored), to_syntax=syntax_name(syntax))
+            return Attempt(outcome, "", converted)
+        if status is None:
+            return Attempt(outcome, "no response")
+        if outcome is Outcome.REFUSED:
+            return Attempt(outcome, f"{name} refused it: status 0x{status:04X}")
+        return Attempt(outcome, f"status 0x{status:04X}")
+
+    def _syntax_for(self, assoc: Association, entry: SpoolEntry) -> str | None:
+        """The transfer syntax to send ``entry`` in: the stored one if the archive takes it,
+        else the first it takes of those the entry converts to; None if neither."""
+        sop_class, stored = entry.sop_class_uid, entry.transfer_syntax_uid
+        candidates = (stored, *(fallback_syntaxes(stored) if self.queue.convert else ()))
+        return next((s for s in candidates if assoc.accepts(sop_class, s)), None)
+
+    def _no_context_reason(self, assoc: Association, entry: SpoolEntry) -> str:
+        """What the archive took of what was proposed for the entry's SOP class, in words."""
+        name, sop_class = self.destination.name, entry.sop_class_uid
+        answered = [cx for cx in assoc.contexts if cx.sop_class_uid == sop_class]
+        label = sop_class_name(sop_class)
+        if answered and all(cx.result == CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED for cx in answered):
+            return f"{name} does not accept this SOP class ({label})"
+        wanted = [entry.transfer_syntax_uid]
+        if self.queue.convert:
+            wanted += fallback_syntaxes(entry.transfer_syntax_uid)
+        reason = f"{name} accepts none of: {', '.join(map(syntax_name, wanted))} for {label}"
+        others = sorted({cx.transfer_syntax for cx in answered if cx.accepted})
+        if others:
+            reason += f" (it accepted {', '.join(map(syntax_name, others))})"
+        return reason
 
     def _association(self, batch: list[SpoolEntry]) -> Association | None:
-        needed = frozenset((e.sop_class_uid, e.transfer_syntax_uid) for e in batch)
+        needed = frozenset(p for e in batch for p in proposals(e, self.queue.convert))
         current = self._assoc
         alive = current is not None and current.alive()
         if alive and needed <= self._contexts:
@@ -366,22 +525,25 @@ class Forwarder(threading.Thread):
         self._assoc, self._contexts = assoc, needed
         return assoc
 
-    def _open(self, pairs: frozenset[tuple[str, str]]) -> Association | None:
+    def _open(self, contexts: frozenset[Proposal]) -> Association | None:
+        """An association proposing ``contexts``; it may accept none of them (each instance
+        then becomes a dead letter naming what the archive took)."""
         d = self.destination
         context, server_name = tls_args(self.settings, d) or (None, None)
         try:
-            assoc = associate(requestor_config(self.settings), d.host, d.port, d.ae_title,
-                              sorted(pairs), context, server_name)
+            return associate(requestor_config(self.settings), d.host, d.port, d.ae_title,
+                             sorted(contexts), context, server_name)
         except AssociationRejected as exc:
             log.warning("association rejected", destination=d.name, reason=exc.describe())
             return None
         except UpperLayerError as exc:
             log.warning("no association", destination=d.name, error=type(exc).__name__)
             return None
-        if not assoc.accepted:
-            assoc.release()
-            raise NoAcceptedContext  # the archive takes none of these: asking again won't help
-        return assoc
+
+    def _drop_useless_association(self) -> None:
+        """Release an association that accepts nothing: the next batch asks afresh."""
+        if self._assoc is not None and not self._assoc.accepted:
+            self._release()
 
     def _release(self, abort: bool = False) -> None:
         assoc, self._assoc = self._assoc, None
@@ -401,10 +563,11 @@ class Forwarder(threading.Thread):
                     delay_s=round(delay, 2), pending=self.queue.pending())
 
     def _dead_letter(self, entry: SpoolEntry, why: str) -> bool:
-        """Move the de-identified instance to quarantine; False if that failed."""
+        """Move the de-identified instance to quarantine (``why`` is its reason, naming the
+        destination); False if that failed."""
         try:
             data = entry.path.read_bytes()
-            error = DeliveryRefused(f"{self.destination.name} refused it: {why}")
+            error = DeliveryRefused(why)
             record = self.quarantine.put(data, f"forward to {self.destination.name}", error,
                                          {"destination": self.destination.name, "dead_letter": True})
         except (GatewayError, OSError) as exc:
@@ -415,10 +578,12 @@ class Forwarder(threading.Thread):
                     destination=self.destination.name, reason=why, quarantine_id=record.id)
         return True
 
-    def _record(self, sent: list[SpoolEntry], dead: list[SpoolEntry]) -> None:
+    def _record(self, sent: list[SpoolEntry], dead: list[SpoolEntry],
+                converted: list[tuple[SpoolEntry, str, str]]) -> None:
         if not sent and not dead:
             return
         name = self.destination.name
+        self._audit_conversions(converted)
         self.deliveries.count({(FORWARDED, name): len(sent), (DEAD_LETTERED, name): len(dead)})
         metrics.FORWARDED.labels(destination=name).inc(len(sent))
         metrics.FORWARDED_BYTES.labels(destination=name).inc(sum(e.size for e in sent))
@@ -429,6 +594,19 @@ class Forwarder(threading.Thread):
         except GatewayError as exc:
             log.warning("deliveries not recorded; sent again after a restart", destination=name,
                         error=type(exc).__name__)
+
+
+    def _audit_conversions(self, converted: list[tuple[SpoolEntry, str, str]]) -> None:
+        """One audit row per converted instance, the batch's in one transaction."""
+        name = self.destination.name
+        rows = [(CONVERTED, f"destination={name} from={syntax_name(source)} "
+                            f"to={syntax_name(target)} sop_instance_uid={entry.sop_instance_uid}")
+                for entry, source, target in converted]
+        try:
+            self.deliveries.audit_many(rows)
+        except GatewayError as exc:
+            log.error("conversions not audited", destination=name, count=len(rows),
+                      error=type(exc).__name__)
 
 
 def requestor_config(settings: Settings) -> RequestorConfig:

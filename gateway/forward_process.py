@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import logs, metrics
 from gateway.errors import GatewayError, StateError
 from gateway.forward import Dispatcher
+from gateway.health import Check
 from gateway.quarantine import Quarantine
 from gateway.settings import DeidentifySettings, Settings
 from gateway.spool import Spool, SpoolEntry
@@ -59,6 +60,8 @@ class Report:
     pending: dict[str, int]
     oldest_age: dict[str, float]
     metrics_text: str
+    threads: dict[str, bool] = dataclasses.field(default_factory=dict)  # name -> alive
+    database_ok: bool = True  # its last state flush succeeded
 
 
 class ForwardProcess:
@@ -77,6 +80,7 @@ class ForwardProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
         self._stopping = threading.Event()
+        self._reported_at = time.monotonic()
 
     def start(self) -> ForwardProcess:
         """Start it; returns once it is forwarding, or raises StateError."""
@@ -125,6 +129,7 @@ class ForwardProcess:
                 self.spool.reuse(Path(payload))
             elif kind == REPORT:
                 self.report = Report(*payload)
+                self._reported_at = time.monotonic()
                 self._ready.set()
         with self._lock:
             if self._conn is conn:
@@ -140,6 +145,22 @@ class ForwardProcess:
                 self._spawn()
             except (OSError, ValueError) as exc:
                 log.error("forwarding process not started", error=type(exc).__name__)
+
+    def health(self) -> Check:
+        """Running and reporting; and, as it last said, its threads and database."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return Check("forwarding", False, "the forwarding process is not running")
+        age = time.monotonic() - self._reported_at
+        if age > REPORT_SECONDS * 10:
+            return Check("forwarding", False, f"no report for {age:.0f} s")
+        report = self.report
+        dead = sorted(name for name, alive in report.threads.items() if not alive)
+        if dead:
+            return Check("forwarding", False, f"stopped: {', '.join(dead)}")
+        if not report.database_ok:
+            return Check("forwarding", False, "its database writes fail")
+        return Check("forwarding", True)
 
     def pending(self) -> int:
         return sum(self.report.pending.values())
@@ -197,6 +218,7 @@ class Forwarding:
         self.dispatcher = Dispatcher(settings, spool, self.deliveries,
                                      Quarantine(settings.quarantine_dir))
         self.sending_metrics = CollectorRegistry(auto_describe=True)
+        self._database_ok = True
         for metric in metrics.SENDING:
             self.sending_metrics.register(metric)
 
@@ -239,7 +261,9 @@ class Forwarding:
         while not self._finished.wait(REPORT_SECONDS):
             try:
                 self.deliveries.flush()
+                self._database_ok = True
             except GatewayError as exc:
+                self._database_ok = False
                 log.warning("state flush failed; trying again", error=type(exc).__name__)
             if not self._report():
                 return
@@ -248,7 +272,8 @@ class Forwarding:
         queues = self.dispatcher.queues
         text = generate_latest(self.sending_metrics).decode()
         return self._send((REPORT, ({n: q.pending() for n, q in queues.items()},
-                                    {n: q.oldest_age() for n, q in queues.items()}, text)))
+                                    {n: q.oldest_age() for n, q in queues.items()}, text,
+                                    self.dispatcher.threads_alive(), self._database_ok)))
 
 
 if __name__ == "__main__":

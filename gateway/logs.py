@@ -30,6 +30,7 @@ ALLOWED_FIELDS = frozenset({
     "attempt", "delay_s", "ae_title", "host", "port", "destinations", "files_in", "written",
     "quarantined", "skipped", "duplicates", "where", "address", "library_logger",
     "dropped_fields", "pid", "exit_code",
+    "from_syntax", "to_syntax",  # transfer syntax names (a conversion on the way out)
 })
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}

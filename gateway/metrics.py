@@ -3,10 +3,14 @@ destinations, reasons and calling AE titles only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Protocol
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 
 from gateway.errors import ConfigError
@@ -58,10 +62,37 @@ def track_destination(name: str, depth: Callable[[], float], oldest: Callable[[]
     OLDEST_PENDING.labels(destination=name).set_function(oldest)
 
 
-def serve_metrics(address: str) -> None:
-    """Start the /metrics endpoint at ``host:port``."""
+Health = Callable[[], tuple[bool, dict[str, Any]]]  # can this node accept, and why (JSON)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # a balancer probes every few seconds: no line per request
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve_metrics(address: str, health: Health | None = None) -> None:
+    """Start the /metrics endpoint at ``host:port`` and, with ``health``, /healthz beside it:
+    200 when the node can accept instances, 503 otherwise (what a load balancer checks)."""
     host, _, port = address.rpartition(":")
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if health is None or environ.get("PATH_INFO") != "/healthz":
+            return metrics_app(environ, start_response)
+        ok, record = health()
+        body = json.dumps(record).encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                        ("Cache-Control", "no-store")])
+        return [body]
+
     try:
-        start_http_server(int(port), addr=host or "127.0.0.1")
+        server = make_server(host or "127.0.0.1", int(port), app, _ThreadingServer,
+                             handler_class=_QuietHandler)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"metrics.address: cannot serve metrics at {address!r} ({exc})") from exc
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
+from typing import Any
 
 from gateway import logs, metrics
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward_process import ForwardProcess
+from gateway.health import NODE_FILE, HealthMonitor, Probes
 from gateway.quarantine import Quarantine
 from gateway.receive import Receiver
 from gateway.resources import descriptors_needed, raise_descriptor_limit
@@ -42,7 +44,9 @@ class Gateway:
     store: PseudonymStore
     deliveries: Deliveries
     data_dir_lock: int  # a file descriptor holding the data folder's lock while serving
+    health: HealthMonitor | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
+    _threads: dict[str, threading.Thread] = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings) -> Gateway:
@@ -70,8 +74,30 @@ class Gateway:
                 f" ({exc.strerror}); is another gateway running?"
             ) from exc
         gateway = cls(settings, receiver, forwarding, store, deliveries, lock)
-        threading.Thread(target=gateway._flush_state, name="state-flush", daemon=True).start()
+        flusher = threading.Thread(target=gateway._flush_state, name="state-flush", daemon=True)
+        flusher.start()
+        gateway._threads["state-flush"] = flusher
+        gateway.health = gateway._monitor(spool).start()
         return gateway
+
+    def _monitor(self, spool: Spool) -> HealthMonitor:
+        g = self.settings.gateway
+        probes = Probes(
+            listening=self.receiver.listening,
+            engine=self.store.engine,
+            staging=spool.staging,
+            forwarding=self.forwarding.health,
+            threads=lambda: {name: t.is_alive() for name, t in self._threads.items()},
+        )
+        return HealthMonitor(probes, self.settings.data_dir / NODE_FILE, time.time(),
+                             f"{g.host}:{g.port}")
+
+    def healthz(self) -> tuple[bool, dict[str, Any]]:
+        """For ``/healthz``: the last check (at most a few seconds old)."""
+        if self.health is None:
+            return False, {"healthy": False}
+        current = self.health.current
+        return current.ok, current.as_dict()
 
     def _flush_state(self) -> None:
         """Counters and map statistics gathered in memory reach the database every second."""
@@ -97,6 +123,8 @@ class Gateway:
         log.info("stopping", pending=self.pending())
         deadline = time.monotonic() + timeout
         # No new associations; stores in flight are answered, then the associations aborted.
+        if self.health is not None:
+            self.health.stop()
         self.receiver.stop(timeout)
         self.forwarding.stop(max(0.0, deadline - time.monotonic()))
         self.receiver.spool.close()
@@ -139,7 +167,7 @@ def serve(settings: Settings) -> None:
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     gateway = Gateway.start(settings)
     if settings.metrics.address:
-        metrics.serve_metrics(settings.metrics.address)
+        metrics.serve_metrics(settings.metrics.address, gateway.healthz)
         gateway.track_metrics()
     g = settings.gateway
     log.info("started", ae_title=g.ae_title, host=g.host, port=g.port,

@@ -625,7 +625,7 @@ class Deliveries:
         except SQLAlchemyError as exc:
             raise StateError(f"cannot write delivery state ({type(exc).__name__})") from exc
 
-    def audit(self, entries: Iterable[tuple[str, str]], account: str | None = None) -> None:
+    def audit_many(self, entries: Iterable[tuple[str, str]], account: str | None = None) -> None:
         """Add (action, query) rows to the audit table, all in one transaction."""
         now, who = _now(), (account or _account())[:64]
         values = [{"at": now, "action": action[:32], "query": query[:256], "account": who}
@@ -657,26 +657,35 @@ class Deliveries:
             raise StateError(f"cannot write counters ({type(exc).__name__})") from exc
 
     def delivered(self, destination: str) -> set[str]:
-        with Session(self.engine) as session:
-            rows = session.scalars(
-                select(DeliveryRow.entry_id).where(DeliveryRow.destination == destination)
-            )
-            return set(rows)
+        try:
+            with Session(self.engine) as session:
+                rows = session.scalars(
+                    select(DeliveryRow.entry_id).where(DeliveryRow.destination == destination)
+                )
+                return set(rows)
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read delivery state ({type(exc).__name__})") from exc
 
     def forget(self, entry_ids: Iterable[str]) -> None:
         ids = list(entry_ids)
         if not ids:
             return
-        with WRITE_LOCK, Session(self.engine) as session, session.begin():
-            for start in range(0, len(ids), 500):
-                session.execute(
-                    delete(DeliveryRow).where(DeliveryRow.entry_id.in_(ids[start : start + 500]))
-                )
+        try:
+            with WRITE_LOCK, Session(self.engine) as session, session.begin():
+                for start in range(0, len(ids), 500):
+                    session.execute(delete(DeliveryRow).where(
+                        DeliveryRow.entry_id.in_(ids[start : start + 500])))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write delivery state ({type(exc).__name__})") from exc
 
     def counters(self) -> dict[tuple[str, str], int]:
         self.flush()
-        with Session(self.engine) as session:
-            return {(r.name, r.destination): r.value for r in session.scalars(select(CounterRow))}
+        try:
+            with Session(self.engine) as session:
+                return {(r.name, r.destination): r.value
+                        for r in session.scalars(select(CounterRow))}
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read the counters ({type(exc).__name__})") from exc
 
 
 # Statements built once: building them per commit costs more than the commit's own SQL.
@@ -767,6 +776,10 @@ def totals_report(deliveries: Deliveries, destinations: list[str]) -> dict[str, 
 
 def map_sizes(engine: Engine) -> dict[str, int]:
     """Pseudonym map entries by kind (patient, uid, date_shift)."""
-    with Session(engine) as session:
-        rows = session.execute(select(PSEUDONYMS.c.kind, func.count()).group_by(PSEUDONYMS.c.kind))
-        return {str(kind): int(count) for kind, count in rows}
+    try:
+        with Session(engine) as session:
+            rows = session.execute(
+                select(PSEUDONYMS.c.kind, func.count()).group_by(PSEUDONYMS.c.kind))
+            return {str(kind): int(count) for kind, count in rows}
+    except SQLAlchemyError as exc:
+        raise StateError(f"cannot read the pseudonym map ({type(exc).__name__})") from exc

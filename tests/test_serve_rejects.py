@@ -84,7 +84,8 @@ def test_unknown_caller_rejected_and_malformed_instance_quarantined(
 
 def test_instance_the_archive_refuses_becomes_a_dead_letter(peers: Peers, tmp_path: Path) -> None:
     archive = peers.archive(accept_all=False)  # uncompressed transfer syntaxes only
-    gateway = peers.gateway([DestinationSpec("archive", archive.port)])
+    gateway = peers.gateway([DestinationSpec("archive", archive.port)],
+                            forward_extra="convert = false")  # else the JPEG 2000 is decoded
     study = write_study(tmp_path / "src", "MRN-DEAD-1", "Dead^Letter", series=1, per_series=3)
     j2k = write_compressed(tmp_path / "src")
 

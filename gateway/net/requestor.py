@@ -63,6 +63,7 @@ from gateway.net.pdu import (
     VERIFICATION,
     AssociationRejected,
     ConnectionFailed,
+    ContextResult,
     PeerAborted,
     PeerClosed,
     PeerTimeout,
@@ -85,6 +86,24 @@ ABORT_TIMEOUT = 1.0  # seconds: A-ABORT is a courtesy, never worth a long wait
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 Pair = tuple[str, str]  # (SOP class UID, transfer syntax UID): one presentation context
+# (SOP class UID, transfer syntax UIDs in our order of preference): one presentation context
+Proposal = tuple[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class NegotiatedContext:
+    """A presentation context we proposed and what the peer answered."""
+
+    id: int
+    sop_class_uid: str
+    proposed: tuple[str, ...]  # the transfer syntaxes, in our order of preference
+    result: int | None  # PS3.8 9.3.3.2 (0 accepted, 3 abstract syntax, 4 transfer syntaxes
+    # not supported); None: not answered
+    transfer_syntax: str = ""  # the one the peer chose: one we proposed ("" unless accepted)
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.transfer_syntax)
 
 
 @dataclass(frozen=True)
@@ -103,20 +122,23 @@ def associate(
     host: str,
     port: int,
     called_ae: str,
-    pairs: Sequence[Pair],
+    contexts: Sequence[Pair | Proposal],
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
 ) -> Association:
     """An association with ``called_ae`` at ``host:port``, proposing one presentation context
-    per (SOP class, transfer syntax) pair (at most MAX_CONTEXTS).
+    per item of ``contexts`` (at most MAX_CONTEXTS): a (SOP class, transfer syntax) pair, or a
+    (SOP class, transfer syntaxes) proposal for the peer to choose one of. A SOP class may have
+    several contexts.
 
-    The association may come back with none of the pairs accepted: see ``accepted``. Raises
-    ConnectionFailed, PeerTimeout, AssociationRejected, PeerAborted, PeerClosed or ProtocolError.
+    The association may come back with none of them accepted: see ``accepted`` and
+    ``contexts``. Raises ConnectionFailed, PeerTimeout, AssociationRejected, PeerAborted,
+    PeerClosed or ProtocolError.
     """
-    if not 0 < len(pairs) <= MAX_CONTEXTS:
+    if not 0 < len(contexts) <= MAX_CONTEXTS:
         raise ValueError(f"an association proposes 1 to {MAX_CONTEXTS} presentation contexts")
-    proposed = [ProposedContext(2 * index + 1, sop_class, (syntax,))
-                for index, (sop_class, syntax) in enumerate(pairs)]
+    proposed = [ProposedContext(2 * index + 1, sop_class, _syntaxes(offered))
+                for index, (sop_class, offered) in enumerate(contexts)]
     deadline = time.monotonic() + config.acse_timeout
     try:
         sock = socket.create_connection((host, port), timeout=config.acse_timeout)
@@ -157,15 +179,33 @@ def associate(
         if isinstance(exc, OSError) and not isinstance(exc, UpperLayerError):
             raise PeerClosed(f"connection lost while associating ({type(exc).__name__})") from exc
         raise
-    by_id = {cx.id: cx for cx in proposed}
-    accepted: dict[Pair, int] = {}
-    for result in accept.contexts:
-        cx = by_id.get(result.id)
-        # the transfer syntax must be the one proposed: the data set is sent as it is
-        if (cx is not None and result.result == CONTEXT_ACCEPTED
-                and result.transfer_syntax == cx.transfer_syntaxes[0]):
-            accepted[(cx.abstract_syntax, result.transfer_syntax)] = result.id
-    return Association(sock, reader, config, accepted, accept.max_pdu)
+    return Association(sock, reader, config, _negotiated(proposed, accept.contexts),
+                       accept.max_pdu)
+
+
+def _syntaxes(offered: str | tuple[str, ...]) -> tuple[str, ...]:
+    syntaxes = (offered,) if isinstance(offered, str) else tuple(offered)
+    if not syntaxes:
+        raise ValueError("a presentation context proposes at least one transfer syntax")
+    return syntaxes
+
+
+def _negotiated(proposed: Sequence[ProposedContext],
+                results: Sequence[ContextResult]) -> tuple[NegotiatedContext, ...]:
+    """Each proposed context with the peer's answer. An acceptance with a transfer syntax we did
+    not propose for that context counts as a rejection: we cannot send in it."""
+    answers = {r.id: r for r in results}
+    out = []
+    for cx in proposed:
+        answer = answers.get(cx.id)
+        result = None if answer is None else answer.result
+        chosen = ""
+        if (answer is not None and result == CONTEXT_ACCEPTED
+                and answer.transfer_syntax in cx.transfer_syntaxes):
+            chosen = answer.transfer_syntax
+        out.append(NegotiatedContext(cx.id, cx.abstract_syntax, cx.transfer_syntaxes, result,
+                                     chosen))
+    return tuple(out)
 
 
 def _tls(sock: socket.socket, context: ssl.SSLContext, server_hostname: str,
@@ -192,12 +232,16 @@ class Association:
     """An established association; made by ``associate``."""
 
     def __init__(self, sock: socket.socket, reader: PduReader, config: RequestorConfig,
-                 accepted: dict[Pair, int], peer_max_pdu: int) -> None:
+                 contexts: tuple[NegotiatedContext, ...], peer_max_pdu: int) -> None:
         self._sock = sock
         self._reader = reader
         self._config = config
-        self._accepted = accepted
-        self._context_ids = frozenset(accepted.values())
+        self.contexts = contexts  # every proposed context, with the peer's answer
+        self._accepted: dict[Pair, int] = {}
+        for cx in contexts:
+            if cx.accepted:
+                self._accepted.setdefault((cx.sop_class_uid, cx.transfer_syntax), cx.id)
+        self._context_ids = frozenset(cx.id for cx in contexts if cx.accepted)
         self.peer_max_pdu = peer_max_pdu  # 0: no limit
         room = peer_max_pdu - PDV_OVERHEAD if peer_max_pdu else FRAGMENT
         self._fragment = max(1, min(room, FRAGMENT))
@@ -211,6 +255,7 @@ class Association:
         return frozenset(self._accepted)
 
     def accepts(self, sop_class_uid: str, transfer_syntax: str) -> bool:
+        """Whether some accepted context carries this SOP class in this transfer syntax."""
         return (sop_class_uid, transfer_syntax) in self._accepted
 
     def alive(self) -> bool:
