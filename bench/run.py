@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -170,7 +170,10 @@ class GatewayProcess:
     pid: int
 
 
-def gateway_config(workdir: Path, port: int, archive_port: int) -> Path:
+SECRET_HEX = "6b" * 32  # every node of a multi-node run shares it, as a real cluster does
+
+
+def gateway_config(workdir: Path, port: int, archive_port: int, database_url: str = "") -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "gateway.toml"
     config.write_text(f"""
@@ -178,21 +181,24 @@ def gateway_config(workdir: Path, port: int, archive_port: int) -> Path:
 port = {port}
 data_dir = "{workdir / 'var'}"
 secret_file = "{workdir / 'var' / 'secret.key'}"
+database_url = "{database_url}"
 max_associations = 16
 [[destinations]]
 name = "archive"
 ae_title = "ARCHIVE"
 port = {archive_port}
 """)
-    subprocess.run([sys.executable, "-m", "gateway.cli", "init-secret",
-                    str(workdir / "var" / "secret.key")], check=True, capture_output=True)
+    secret = workdir / "var" / "secret.key"
+    secret.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret.write_text(SECRET_HEX + "\n")
+    secret.chmod(0o600)
     return config
 
 
 @contextmanager
-def gateway(workdir: Path, archive_port: int) -> Iterator[GatewayProcess]:
+def gateway(workdir: Path, archive_port: int, database_url: str = "") -> Iterator[GatewayProcess]:
     port = free_port()
-    config = gateway_config(workdir, port, archive_port)
+    config = gateway_config(workdir, port, archive_port, database_url)
     with process([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
                  cwd=workdir) as proc:
         if not wait_until(lambda: listening(port), 60):
@@ -551,6 +557,60 @@ def compare_throughput(workdir: Path, paths: list[Path], parallel: int, rounds: 
     }
 
 
+def run_nodes(workdir: Path, paths: list[Path], parallel: int, database_urls: list[str]) -> float:
+    """Instances/s from ``parallel`` senders spread over one gateway node per URL (each with its
+    own data folder, all with the same secret) to one archive, until all have arrived."""
+    archive_dir = workdir / "archive"
+    shares = split(paths, parallel, workdir / "send")
+    with storescp(archive_dir) as archive_port, ExitStack() as stack:
+        nodes = [stack.enter_context(gateway(workdir / f"node-{i}", archive_port, url))
+                 for i, url in enumerate(database_urls)]
+        started = time.monotonic()
+        senders = [subprocess.Popen([dcmtk("storescu"), "-aec", "DICOM_GW", "+sd", "127.0.0.1",
+                                     str(nodes[i % len(nodes)].port), str(folder)], env=DCMTK_ENV,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   for i, folder in enumerate(shares)]
+        for sender in senders:
+            if sender.wait(timeout=WAIT) != 0:
+                raise RuntimeError("storescu failed")
+        wait_until(lambda: len(os.listdir(archive_dir)) >= len(paths), WAIT)
+        return len(os.listdir(archive_dir)) / (time.monotonic() - started)
+
+
+def compare_nodes(workdir: Path, paths: list[Path], parallel: int, rounds: int) -> dict[str, object]:
+    """One node on SQLite, one on PostgreSQL, two on one PostgreSQL: medians of ``rounds``.
+    PostgreSQL is started by the tests' fixture class (a throw-away server on loopback)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import PgServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        return {"skipped": "PostgreSQL is not installed"}
+    server = PgServer(bindir)
+    server.init()
+    server.start()
+    try:
+        setups: dict[str, Callable[[], list[str]]] = {
+            "1 node, SQLite": lambda: [""],
+            "1 node, PostgreSQL": lambda: [server.new_database()],
+            "2 nodes, PostgreSQL": lambda: [server.new_database()] * 2,
+        }
+        rates: dict[str, list[float]] = {name: [] for name in setups}
+        for index in range(rounds):
+            for name, urls in setups.items():
+                folder = workdir / f"nodes-{index}-{len(rates[name])}-{name[0]}{len(name)}"
+                rates[name].append(run_nodes(folder, paths, parallel, urls()))
+                shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        server.destroy()
+    medians = {name: round(statistics.median(values), 1) for name, values in rates.items()}
+    one_pg = medians["1 node, PostgreSQL"]
+    return {"associations": parallel, "instances": len(paths), "per_s": medians,
+            "rounds": {name: [round(v, 1) for v in values] for name, values in rates.items()},
+            "postgresql_vs_sqlite": round(one_pg / medians["1 node, SQLite"], 3),
+            "two_nodes_vs_one": round(medians["2 nodes, PostgreSQL"] / one_pg, 3)}
+
+
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -566,10 +626,13 @@ def main() -> int:
                         help="pydicom test files (many SOP classes) in the offline folder")
     parser.add_argument("--offline-ct", type=int, default=1000,
                         help="CT instances of the study also in the offline folder (at most --count)")
+    parser.add_argument("--nodes-count", type=int, default=1000,
+                        help="instances of the study sent in the nodes comparison (SQLite, PostgreSQL,"
+                             " two nodes)")
     parser.add_argument("--soak", type=int, default=0,
                         help="also stream this many instances and sample the gateway's RSS")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["throughput", "latency", "offline", "pixels", *OPEN_TOOLS])
+                        choices=["throughput", "latency", "offline", "pixels", "nodes", *OPEN_TOOLS])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
@@ -603,6 +666,9 @@ def main() -> int:
                                           / 1024, 1) for i in range(5)],
                 "peak_rss_mb": round(result.peak_rss_mb or 0, 1),
             }
+        if "nodes" not in args.skip:
+            report["nodes"] = compare_nodes(workdir, paths[: args.nodes_count], args.parallel,
+                                            args.rounds)
         if "offline" not in args.skip:
             others = [tool for tool in OPEN_TOOLS if tool not in args.skip]
             report["offline"] = run_offline(workdir, paths[: args.offline_ct], args.offline_copies,
@@ -642,6 +708,16 @@ def print_table(report: dict[str, object]) -> None:
               f"   (p50 ratio {latency['ack_p50_ratio']:.2f})")
         print(f"  arrival             {d['arrival_p50_ms']:6.1f} / {d['arrival_p99_ms']:6.1f}"
               f"    {g['arrival_p50_ms']:6.1f} / {g['arrival_p99_ms']:6.1f}")
+    nodes = report.get("nodes")
+    if isinstance(nodes, dict) and "per_s" in nodes:
+        print(f"\nnodes: {nodes['instances']} instances over {nodes['associations']} senders, "
+              f"instances/s (medians of {len(next(iter(nodes['rounds'].values())))} rounds)")
+        for name, rate in nodes["per_s"].items():
+            print(f"  {name:<22}{rate:9.1f}   rounds {nodes['rounds'][name]}")
+        print(f"  PostgreSQL / SQLite {nodes['postgresql_vs_sqlite']:.2f}; two nodes / one "
+              f"{nodes['two_nodes_vs_one']:.2f}")
+    elif isinstance(nodes, dict):
+        print(f"\nnodes: {nodes['skipped']}")
     if "soak" in report:
         print(f"\nsoak: {report['soak']}")
     offline = report.get("offline")
