@@ -12,9 +12,9 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
@@ -26,6 +26,7 @@ from netpeers import (
     free_port,
     pydicom_file,
     raw_associate_rq,
+    read_until_closed,
     recv_pdu,
     requires_dcmtk,
     write_instance,
@@ -38,50 +39,18 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from gateway.net.acceptor import Server, ServerConfig, StoreRequest
+from gateway.net.acceptor import StoreRequest
 from gateway.net.dimse import decode_command, encode_command
 from gateway.net.pdu import A_ABORT, A_ASSOCIATE_AC, P_DATA_TF, p_data_tf
-from gateway.receive import part10_header, storage_sop_class
+from gateway.receive import part10_header
 
 pytestmark = requires_dcmtk
+pytest_plugins = ["acceptors"]
+if TYPE_CHECKING:
+    from acceptors import Running
 GW = "DICOM_GW"
 WAIT = 10.0
 PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.10.999.1"
-
-
-@dataclass
-class Running:
-    server: Server
-    port: int
-    stored: list[StoreRequest] = field(default_factory=list)
-
-
-@pytest.fixture()
-def start() -> Iterator[Callable[..., Running]]:
-    """Starts servers (keyword arguments go to ServerConfig); stops them after the test."""
-    servers: list[Server] = []
-
-    def _start(handler: Callable[[StoreRequest], int] | None = None, **config: object) -> Running:
-        port = free_port()
-        stored: list[StoreRequest] = []
-
-        def on_store(request: StoreRequest) -> int:
-            stored.append(request)
-            return handler(request) if handler else 0x0000
-
-        settings: dict[str, object] = {
-            "artim_timeout": 5.0, "dimse_timeout": 5.0, "network_timeout": 5.0,
-            "implementation_class_uid": "1.2.826.0.1.3680043.10.999.2",
-            "implementation_version_name": "TEST_UL", "storage_sop_class": storage_sop_class,
-        }
-        settings.update(config)
-        server = Server(ServerConfig(GW, LOOPBACK, port, **settings), on_store).start()  # type: ignore[arg-type]
-        servers.append(server)
-        return Running(server, port, stored)
-
-    yield _start
-    for server in servers:
-        server.stop(2.0)
 
 
 def scu() -> AE:
@@ -178,17 +147,6 @@ def associate_rq(called: str = GW, contexts: tuple[tuple[int, str, str], ...] = 
     return struct.pack(">BxI", 0x01, len(body)) + body
 
 
-def read_until_closed(sock: socket.socket, timeout: float = WAIT) -> bytes:
-    sock.settimeout(timeout)
-    data = bytearray()
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return bytes(data)
-
-
 # --- association policy ---------------------------------------------------------------------------
 
 
@@ -213,7 +171,7 @@ def test_after_a_rejection_the_requestor_closes_the_connection(start: Callable[.
         with pytest.raises(TimeoutError):
             sock.recv(1)  # still open: the gateway waits for us
         started = time.monotonic()
-        assert read_until_closed(sock) == b""  # until the ARTIM timer (artim_timeout) runs out
+        assert read_until_closed(sock, WAIT) == b""  # until the ARTIM timer (artim_timeout) runs out
         assert 0.2 < time.monotonic() - started < WAIT
 
 
@@ -414,7 +372,7 @@ def test_garbage_gets_a_abort_and_the_server_serves_others(start: Callable[..., 
     running = start()
     with socket.create_connection((LOOPBACK, running.port), timeout=WAIT) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: gateway\r\n\r\n")
-        answer = read_until_closed(sock)
+        answer = read_until_closed(sock, WAIT)
     # A-ABORT, source service provider (2), reason unrecognized PDU (1); then closed
     assert answer == bytes((A_ABORT, 0, 0, 0, 0, 4, 0, 0, 2, 1))
     assert echoscu(running.port).returncode == 0
@@ -423,7 +381,7 @@ def test_garbage_gets_a_abort_and_the_server_serves_others(start: Callable[..., 
         rq = bytearray(associate_rq())
         rq[-9] = 0xFF  # the user information item's length now runs past the PDU
         sock.sendall(rq)
-        answer = read_until_closed(sock)
+        answer = read_until_closed(sock, WAIT)
     assert answer[:1] == bytes((A_ABORT,)) and answer[8] == 2
     assert echoscu(running.port).returncode == 0
 
@@ -437,7 +395,7 @@ def test_data_on_a_context_that_was_not_accepted_is_aborted(start: Callable[...,
                                   0x0110: (1).to_bytes(2, "little"),
                                   0x0800: (0x0101).to_bytes(2, "little")})
         sock.sendall(p_data_tf(3, command, 0))  # context 3 was never proposed
-        answer = read_until_closed(sock)
+        answer = read_until_closed(sock, WAIT)
     assert answer == bytes((A_ABORT, 0, 0, 0, 0, 4, 0, 0, 2, 6))
     assert running.server.active_associations() == 0 or eventually(
         lambda: running.server.active_associations() == 0, WAIT)

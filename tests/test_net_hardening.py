@@ -15,10 +15,9 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pytest
@@ -27,7 +26,6 @@ from netpeers import (
     LOOPBACK,
     ct_template,
     eventually,
-    free_port,
     pydicom_file,
     raw_associate_rq,
     read_until_closed,
@@ -43,7 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from structlog.testing import capture_logs
 
-from gateway.net.acceptor import Server, ServerConfig, StoreRequest, negotiate
+from gateway.net.acceptor import StoreRequest, negotiate
 from gateway.net.dimse import c_echo_rq, c_store_rq, decode_command
 from gateway.net.pdu import (
     A_ABORT,
@@ -59,6 +57,9 @@ from gateway.net.pdu import (
 from gateway.net.reader import READ_BUFFER, SMALL_BUFFER, PduReader
 from gateway.receive import storage_sop_class, transfer_syntax_supported
 
+pytest_plugins = ["acceptors"]
+if TYPE_CHECKING:
+    from acceptors import Running
 GW = "DICOM_GW"
 WAIT = 10.0
 MARGIN = 2.5  # seconds a timer may fire late on a loaded machine
@@ -68,41 +69,6 @@ JPEG_2000 = "1.2.840.10008.1.2.4.91"
 PRIVATE_TS = "1.2.826.0.1.3680043.10.999.77"  # a transfer syntax nobody here knows
 ABORT_INVALID_PARAMETER = bytes((A_ABORT, 0, 0, 0, 0, 4, 0, 0, 2, 6))
 ABORT_NOT_SPECIFIED = bytes((A_ABORT, 0, 0, 0, 0, 4, 0, 0, 2, 0))
-
-
-@dataclass
-class Running:
-    server: Server
-    port: int
-    stored: list[StoreRequest] = field(default_factory=list)
-
-
-@pytest.fixture()
-def start() -> Iterator[Callable[..., Running]]:
-    """Starts servers (keyword arguments go to ServerConfig); stops them after the test."""
-    servers: list[Server] = []
-
-    def _start(handler: Callable[[StoreRequest], int] | None = None, **config: Any) -> Running:
-        port = free_port()
-        stored: list[StoreRequest] = []
-
-        def on_store(request: StoreRequest) -> int:
-            stored.append(request)
-            return handler(request) if handler else 0x0000
-
-        settings: dict[str, Any] = {
-            "artim_timeout": 5.0, "dimse_timeout": 5.0, "network_timeout": 5.0,
-            "storage_sop_class": storage_sop_class,
-            "transfer_syntax_supported": transfer_syntax_supported,
-        }
-        settings.update(config)
-        server = Server(ServerConfig(GW, LOOPBACK, port, **settings), on_store).start()
-        servers.append(server)
-        return Running(server, port, stored)
-
-    yield _start
-    for server in servers:
-        server.stop(2.0)
 
 
 def scu() -> AE:
