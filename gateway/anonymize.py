@@ -299,6 +299,8 @@ class Anonymizer:
                 self._quarantine(path, dst, error, summary)
                 return
             summary.duplicates += 1  # e.g. the same file twice in SRC
+            self._pending.extend(cleaned.pseudonyms)  # seen once more
+            self._pending_files += 1
         else:
             self._written.add(target)
             # Renaming over an existing file makes ext4 write the new one out at once (its
@@ -306,13 +308,16 @@ class Anonymizer:
             # the copies need no forced write-out: the system writes them in its own time.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target)
+            # Pseudonyms first: a Ctrl-C just after the rename must not leave a copy in place
+            # that the map cannot trace back (one just before it maps what is not written yet:
+            # harmless, the same pairs come again).
+            self._pending.extend(cleaned.pseudonyms)
+            self._pending_files += 1
             os.rename(cleaned.temporary, target)
         log.debug("de-identified", sop_instance_uid=cleaned.relative[3][: -len(".dcm")],
                   size=cleaned.size)
         summary.written += 1
         summary.unhandled.update(cleaned.unhandled)
-        self._pending.extend(cleaned.pseudonyms)
-        self._pending_files += 1
         if self._pending_files >= MAP_BATCH:
             self.flush()
 

@@ -43,6 +43,7 @@ EXIT_ATTENTION = 1
 EXIT_CONFIG = 2
 EXIT_STATE = 3
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE (`... | head`)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -152,6 +153,8 @@ def cmd_map_export(args: argparse.Namespace) -> int:
     from gateway.state import PseudonymStore
 
     settings = _settings(args)
+    if args.output:
+        _refuse_to_overwrite(Path(args.output), args.force)
     store = PseudonymStore(settings.database_url)
     out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
     try:
@@ -169,6 +172,12 @@ def cmd_map_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _refuse_to_overwrite(path: Path, force: bool) -> None:
+    """A file the user already has (an earlier export, a rules file) is not replaced unasked."""
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; choose another file, or --force to replace it")
+
+
 # --- quarantine --------------------------------------------------------------------------------
 
 
@@ -176,7 +185,7 @@ def _record_dict(record: QuarantineRecord) -> dict[str, object]:
     return {
         "id": record.id, "time": record.time, "source": record.source, "reason": record.reason,
         "error_class": record.error_class, "message": record.message, "size": record.size,
-        "context": record.context,
+        "context": record.context, "file": record.file,
     }
 
 
@@ -254,6 +263,79 @@ def cmd_quarantine_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- web console accounts ------------------------------------------------------------------------
+
+
+def _read_new_password(from_stdin: bool) -> str:
+    import getpass
+
+    from gateway.web.accounts import check_password
+
+    if from_stdin:
+        return check_password(sys.stdin.readline().rstrip("\r\n"))
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise ConfigError("password: the two entries differ")
+    return check_password(first)
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from gateway.state import Accounts
+    from gateway.web.accounts import check_name, hash_password
+
+    settings = _settings(args)
+    name = check_name(args.name)
+    password_hash = hash_password(_read_new_password(args.password_stdin))
+    accounts = Accounts(settings.database_url)
+    try:
+        accounts.add(name, args.role, password_hash)
+        accounts.audit("user add", f"{name} role={args.role}", _os_account())
+    finally:
+        accounts.close()
+    print(f"added {name} ({args.role})")
+    return EXIT_OK
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from gateway.state import Accounts
+
+    accounts = Accounts(_settings(args).database_url)
+    try:
+        listed = accounts.list()
+    finally:
+        accounts.close()
+    for account in listed:
+        print(f"{account.name}\t{account.role}\tcreated {account.created:%Y-%m-%d %H:%M}")
+    print(f"{len(listed)} account(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    from gateway.state import Accounts
+
+    accounts = Accounts(_settings(args).database_url)
+    try:
+        removed = accounts.remove(args.name)
+        if removed:
+            accounts.audit("user remove", args.name, _os_account())
+    finally:
+        accounts.close()
+    if not removed:
+        print(f"no account named {args.name}", file=sys.stderr)
+        return EXIT_ATTENTION
+    print(f"removed {args.name} (its console sessions end at once)")
+    return EXIT_OK
+
+
+def _os_account() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
 # --- serve, status, echo ----------------------------------------------------------------------
 
 
@@ -305,9 +387,15 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.checks import Finding, offline_checks, online_checks
+    from gateway.settings import located_problems
 
     try:
         settings = load_settings(Path(args.config))
+    except ConfigError as exc:
+        for problem in located_problems(exc, Path(args.config)):  # every one, with its line
+            where = f"line {problem.line}: " if problem.line is not None else ""
+            print(f"error: {where}{problem}")
+        return EXIT_CONFIG
     except GatewayError as exc:
         print(f"error: {exc}")
         return EXIT_CONFIG
@@ -315,7 +403,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.online:
         findings += online_checks(settings)
     for f in findings:
-        print(f"{'ok' if f.ok else 'error'}: {f.key}: {f.message}")
+        print(f"{f.verdict}: {f.key}: {f.message}")
     return EXIT_OK if all(f.ok for f in findings) else EXIT_CONFIG
 
 
@@ -453,6 +541,7 @@ def cmd_pixel_rules_import_ctp(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     rules = import_ctp(text)
     if args.out:
+        _refuse_to_overwrite(Path(args.out), args.force)
         Path(args.out).write_text(rules, "utf-8")
         print(f"wrote {args.out}")
     else:
@@ -469,6 +558,7 @@ def cmd_pixel_rules_preview(args: argparse.Namespace) -> int:
     from gateway.pixels.rules import missing_rule_hint
 
     settings = load_settings(Path(args.config))
+    _refuse_to_overwrite(Path(args.out), args.force)
     rules = settings.pixels.rules if settings.pixels is not None else None
     ds = pydicom.dcmread(args.file)
     rule = rules.match(ds) if rules is not None else None
@@ -485,18 +575,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-gateway", description="Store-and-forward anonymizing DICOM gateway."
     )
-    parser.add_argument("--version", action="version", version=f"dicom-gateway {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"dicom-gateway {__version__}",
+                        help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do (`dicom-gateway COMMAND --help` for more)")
 
     p = commands.add_parser("init-secret", help="make a new secret key file (32 random bytes)")
-    p.add_argument("file")
+    p.add_argument("file", help="where to write the key (created 0600; never overwritten)")
     p.add_argument("--exist-ok", action="store_true", help="succeed if the file already exists")
     p.set_defaults(func=cmd_init_secret)
 
     p = commands.add_parser("anonymize", help="de-identify every DICOM file under SRC into DST")
     _add_config(p)
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="a DICOM file or a folder searched recursively")
+    p.add_argument("dst", help="folder for the de-identified files (created if missing)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                    help="processes de-identifying in parallel (default: one per core)")
@@ -510,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="this node (serving? healthy? what its spool still owes) and the totals of "
         "every node sharing the database")
     _add_config(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_status)
 
     p = commands.add_parser("check-config", help="validate the configuration (and reach "
@@ -525,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest.json with checksums, map, audit, counters, quarantine records (never the "
         "originals). The secret key only with --with-secret.")
     _add_config(p)
-    p.add_argument("folder")
+    p.add_argument("folder", help="the backup folder (created private)")
     p.add_argument("--with-secret", action="store_true",
                    help="also copy the secret key (secret.key): the backup then re-identifies alone")
     p.add_argument("--force", action="store_true", help="replace a backup already in FOLDER")
@@ -537,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         "counters into the configured database (SQLite or PostgreSQL), which must have an empty "
         "map. Stop the gateway first.")
     _add_config(p)
-    p.add_argument("folder")
+    p.add_argument("folder", help="a folder made by `dicom-gateway backup`")
     p.add_argument("--with-secret", action="store_true",
                    help="write the backup's secret key to gateway.secret_file if that does not "
                    "exist (never over an existing one)")
@@ -545,43 +637,69 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("echo", help="C-ECHO each destination (or the one named)")
     _add_config(p)
-    p.add_argument("destination", nargs="?")
+    p.add_argument("destination", nargs="?", help="a destination's name (default: every one)")
     p.set_defaults(func=cmd_echo)
 
     map_parser = commands.add_parser("map", help="the pseudonym map (re-identification key)")
-    map_commands = map_parser.add_subparsers(dest="map_command", required=True)
-    p = map_commands.add_parser("lookup", help="find an original or a pseudonym")
+    map_commands = map_parser.add_subparsers(dest="map_command", required=True, metavar="ACTION",
+                                             help="lookup or export")
+    p = map_commands.add_parser("lookup", help="find an original or a pseudonym (audited)")
     _add_config(p)
-    p.add_argument("term")
+    p.add_argument("term", help="an original value (exact) or a pseudonym (any case)")
     p.set_defaults(func=cmd_map_lookup)
-    p = map_commands.add_parser("export", help="write the map as CSV")
+    p = map_commands.add_parser("export", help="write the map as CSV (audited)")
     _add_config(p)
-    p.add_argument("--format", choices=["csv"], default="csv")
-    p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift"])
+    p.add_argument("--format", choices=["csv"], default="csv", help="output format (csv)")
+    p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift"],
+                   help="only entries of this kind (repeat for several; default: all)")
     p.add_argument("--output", help="file to write (created 0600); default standard output")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file")
     p.set_defaults(func=cmd_map_export)
 
     r_parser = commands.add_parser("pixel-rules", help="device rules for burned-in text")
-    r_commands = r_parser.add_subparsers(dest="pixel_rules_command", required=True)
+    r_commands = r_parser.add_subparsers(dest="pixel_rules_command", required=True,
+                                         metavar="ACTION", help="import-ctp or preview")
     p = r_commands.add_parser("import-ctp", help="convert a CTP DicomPixelAnonymizer script")
-    p.add_argument("script")
+    p.add_argument("script", help="the CTP DicomPixelAnonymizer.script file")
     p.add_argument("--out", help="write the TOML here (default: standard output)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_pixel_rules_import_ctp)
     p = r_commands.add_parser("preview", help="the first frame as PNG, the rule's regions outlined")
     _add_config(p)
-    p.add_argument("file")
-    p.add_argument("--out", required=True)
+    p.add_argument("file", help="a DICOM file (its first frame is drawn)")
+    p.add_argument("--out", required=True, help="the PNG to write (created 0600)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_pixel_rules_preview)
 
+    u_parser = commands.add_parser("user", help="web console accounts (in the state database)")
+    u_commands = u_parser.add_subparsers(dest="user_command", required=True, metavar="ACTION",
+                                         help="add, list or remove")
+    p = u_commands.add_parser("add", help="add an account (asks for its password)")
+    _add_config(p)
+    p.add_argument("name", help="the user name to log in with")
+    p.add_argument("--role", choices=["admin", "viewer"], required=True,
+                   help="admin: may release, purge, requeue and look up the map; viewer: may look")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input (no prompt)")
+    p.set_defaults(func=cmd_user_add)
+    p = u_commands.add_parser("list", help="the accounts, with role and creation time")
+    _add_config(p)
+    p.set_defaults(func=cmd_user_list)
+    p = u_commands.add_parser("remove", help="remove an account")
+    _add_config(p)
+    p.add_argument("name", help="the account to remove")
+    p.set_defaults(func=cmd_user_remove)
+
     q_parser = commands.add_parser("quarantine", help="instances that could not be passed on")
-    q_commands = q_parser.add_subparsers(dest="quarantine_command", required=True)
-    p = q_commands.add_parser("list")
+    q_commands = q_parser.add_subparsers(dest="quarantine_command", required=True,
+                                         metavar="ACTION", help="list, show, release or purge")
+    p = q_commands.add_parser("list", help="every entry: id, time, reason, message")
     _add_config(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.set_defaults(func=cmd_quarantine_list)
-    p = q_commands.add_parser("show")
+    p = q_commands.add_parser("show", help="one entry's record as JSON")
     _add_config(p)
-    p.add_argument("id")
+    p.add_argument("id", help="an entry id from `quarantine list`")
     p.set_defaults(func=cmd_quarantine_show)
     for name, func, text in (
         ("release", cmd_quarantine_release, "de-identify again and pass on"),
@@ -589,12 +707,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = q_commands.add_parser(name, help=text)
         _add_config(p)
-        p.add_argument("ids", nargs="*")
-        p.add_argument("--all", action="store_true")
+        p.add_argument("ids", nargs="*", help="entry ids from `quarantine list`")
+        p.add_argument("--all", action="store_true", help="every entry")
         if name == "release":
             p.add_argument("--to", help="output folder (default: the one the entry came from)")
         else:
-            p.add_argument("--older-than", type=float, metavar="DAYS")
+            p.add_argument("--older-than", type=float, metavar="DAYS",
+                           help="entries quarantined more than DAYS ago")
         p.set_defaults(func=func)
     return parser
 
@@ -606,7 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give entry ids, or --all")
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be answered quietly
         return result
+    except BrokenPipeError:
+        return _quiet_after_broken_pipe()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -616,6 +738,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _quiet_after_broken_pipe() -> int:
+    """The reader of our output went away (`| head`): stop as Unix tools do, without a
+    traceback, and without a second error when Python flushes standard output at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

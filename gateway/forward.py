@@ -20,6 +20,7 @@ destination has it.
 from __future__ import annotations
 
 import random
+import re
 import ssl
 import threading
 import time
@@ -48,7 +49,7 @@ from gateway.net.requestor import (
     associate,
 )
 from gateway.net.tls import client_context
-from gateway.quarantine import Quarantine
+from gateway.quarantine import ORIGINAL, Quarantine
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
@@ -537,7 +538,9 @@ class Forwarder(threading.Thread):
             log.warning("association rejected", destination=d.name, reason=exc.describe())
             return None
         except UpperLayerError as exc:
-            log.warning("no association", destination=d.name, error=type(exc).__name__)
+            # The message says what is wrong (refused, TLS certificate not accepted, ...).
+            log.warning("no association", destination=d.name, error=type(exc).__name__,
+                        detail=str(exc))
             return None
 
     def _drop_useless_association(self) -> None:
@@ -569,7 +572,8 @@ class Forwarder(threading.Thread):
             data = entry.path.read_bytes()
             error = DeliveryRefused(why)
             record = self.quarantine.put(data, f"forward to {self.destination.name}", error,
-                                         {"destination": self.destination.name, "dead_letter": True})
+                                         {"destination": self.destination.name, "dead_letter": True},
+                                         file_name=dead_letter_name(entry.sop_instance_uid))
         except (GatewayError, OSError) as exc:
             log.error("dead letter not persisted", destination=self.destination.name,
                       sop_instance_uid=entry.sop_instance_uid, error=type(exc).__name__)
@@ -626,18 +630,35 @@ def tls_args(settings: Settings, destination: Destination) -> tuple[ssl.SSLConte
     return client_context(settings.tls), destination.tls_server_name or destination.host
 
 
+def dead_letter_name(sop_instance_uid: str) -> str:
+    """``<uid>.dcm``: a dead letter is de-identified, so its UID is the pseudonymous one and
+    may name the file; ``original.dcm`` if the spool entry has no usable UID."""
+    if re.fullmatch(r"[0-9][0-9.]{0,63}", sop_instance_uid):
+        return f"{sop_instance_uid}.dcm"
+    return ORIGINAL
+
+
 def echo(settings: Settings, destination: Destination) -> int | None:
     """C-ECHO one destination; its status, or None if no association could be made."""
+    return echo_explained(settings, destination)[0]
+
+
+def echo_explained(settings: Settings, destination: Destination) -> tuple[int | None, str]:
+    """C-ECHO one destination: its status (None: no association) and, without one, why."""
     context, server_name = tls_args(settings, destination) or (None, None)
     try:
         assoc = associate(requestor_config(settings), destination.host, destination.port,
                           destination.ae_title, [(VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)],
                           context, server_name)
-    except UpperLayerError:
-        return None
+    except AssociationRejected as exc:
+        return None, f"association rejected ({exc.describe()})"
+    except UpperLayerError as exc:
+        return None, str(exc) or type(exc).__name__
     try:
-        return assoc.echo() if assoc.accepted else None
-    except UpperLayerError:
-        return None
+        if not assoc.accepted:
+            return None, "the archive accepts no Verification context"
+        return assoc.echo(), ""
+    except UpperLayerError as exc:
+        return None, str(exc) or type(exc).__name__
     finally:
         assoc.release()

@@ -1,13 +1,17 @@
 """Originals that could not be passed on, each with a JSON record of why.
 
-Layout: ``<data_dir>/quarantine/<id>/original.dcm`` and ``record.json``, folders 0700 and files
-0600, written to a temporary folder first and renamed, so a record is whole or absent.
+Layout: ``<data_dir>/quarantine/<id>/<file>`` and ``record.json``, folders 0700 and files 0600,
+written to a temporary folder first and renamed, so a record is whole or absent. ``<file>`` is
+``original.dcm`` for an original; a dead letter (already de-identified) is named by its
+pseudonymous SOP Instance UID, ``<uid>.dcm``; record.json names the file (``file``), and a
+record without that key (older entries) means ``original.dcm``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -20,6 +24,7 @@ from gateway.files import fsync_dir, write_private
 
 ORIGINAL = "original.dcm"
 RECORD = "record.json"
+_FILE_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,99}\.dcm")  # e.g. a UID and ".dcm"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class QuarantineRecord:
     message: str  # names elements and classes, never values
     size: int
     context: dict[str, Any] = field(default_factory=dict)  # e.g. {"destination": "out/"}
+    file: str = ORIGINAL  # the instance's file in the entry's folder
+
 
     @property
     def when(self) -> datetime:
@@ -51,10 +58,13 @@ class Quarantine:
 
     def put(
         self, data: bytes, source: str, error: BaseException, context: dict[str, Any] | None = None,
-        durable: bool = True,
+        durable: bool = True, file_name: str = ORIGINAL,
     ) -> QuarantineRecord:
         """Keep ``data`` with the reason taken from ``error``; ``durable``: on disk before this
-        returns (not needed where the original stays where it came from, as offline)."""
+        returns (not needed where the original stays where it came from, as offline);
+        ``file_name``: the file's name in the entry's folder (``<uid>.dcm`` for a dead letter)."""
+        if not _FILE_NAME.fullmatch(file_name) or file_name == RECORD:
+            raise ValueError("a quarantine file name is letters, digits, '.', '-', '_' and '.dcm'")
         self._ensure_root()
         now = datetime.now(UTC)
         record = QuarantineRecord(
@@ -66,11 +76,12 @@ class Quarantine:
             message=str(error) if isinstance(error, GatewayError) else type(error).__name__,
             size=len(data),
             context=dict(context or {}),
+            file=file_name,
         )
         staging = self.root / f".{record.id}.tmp"
         try:
             staging.mkdir(mode=0o700)
-            write_private(staging / ORIGINAL, data, durable)
+            write_private(staging / file_name, data, durable)
             write_private(staging / RECORD, json.dumps(asdict(record), indent=2).encode(), durable)
             if durable:
                 fsync_dir(staging)
@@ -101,7 +112,16 @@ class Quarantine:
         return self._read(folder)
 
     def original(self, record_id: str) -> bytes:
-        return (self._folder(record_id) / ORIGINAL).read_bytes()
+        """The instance kept (an original, or a dead letter's de-identified instance)."""
+        return self.file_path(record_id).read_bytes()
+
+    def file_path(self, record_id: str) -> Path:
+        """Where the entry's instance is: ``original.dcm``, or ``<uid>.dcm`` for a dead letter."""
+        folder = self._folder(record_id)
+        name = self._read(folder).file
+        if not _FILE_NAME.fullmatch(name):  # a hand-edited record must not point elsewhere
+            raise StateError(f"quarantine entry {record_id}: record.json names no valid file")
+        return folder / name
 
     def update(self, record: QuarantineRecord) -> None:
         folder = self._folder(record.id)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import logs, metrics
 from gateway.errors import ConfigError, GatewayError
@@ -27,6 +27,9 @@ from gateway.resources import descriptors_needed, raise_descriptor_limit
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import Deliveries, PseudonymStore
+
+if TYPE_CHECKING:
+    from gateway.web.server import WebConsole
 
 log = logs.get_logger("service")
 
@@ -156,6 +159,21 @@ def _lock_data_dir(settings: Settings) -> int:
     return fd
 
 
+def _start_web(settings: Settings, gateway: Gateway) -> WebConsole | None:
+    """The web console (``[web] address``), its threads watched by the health checks."""
+    if not settings.web.address:
+        return None
+    from gateway.web.server import WebConsole  # the web stack only when it is turned on
+
+    try:
+        web = WebConsole(settings).start()
+    except GatewayError:
+        gateway.stop()
+        raise
+    gateway._threads.update({f"web:{name}": thread for name, thread in web.thread_map.items()})
+    return web
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
     logs.configure(settings.logging.level, settings.logging.format)
@@ -169,6 +187,7 @@ def serve(settings: Settings) -> None:
     if settings.metrics.address:
         metrics.serve_metrics(settings.metrics.address, gateway.healthz)
         gateway.track_metrics()
+    web = _start_web(settings, gateway)
     g = settings.gateway
     log.info("started", ae_title=g.ae_title, host=g.host, port=g.port,
              destinations=[d.name for d in settings.destinations], pending=gateway.pending())
@@ -176,6 +195,8 @@ def serve(settings: Settings) -> None:
         while not stop.wait(1.0):
             pass
     finally:
+        if web is not None:
+            web.stop()
         gateway.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

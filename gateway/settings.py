@@ -14,8 +14,8 @@ import re
 import secrets
 import socket
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,6 +87,11 @@ class LoggingSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     address: str = ""  # host:port for Prometheus /metrics; empty: off
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    address: str = ""  # host:port for the web console; empty: off
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,7 @@ class Settings:
     tls: TlsSettings = TlsSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
     pixels: PixelSettings | None = None  # None: no [pixels] section, no pixel cleaning
     secret: Secret | None = None
     source: Path | None = None
@@ -276,13 +282,62 @@ class Settings:
 # --- reading -----------------------------------------------------------------------------------
 
 
-class _Section:
-    """A TOML table being read: typed getters that name the full key on error."""
+@dataclass(frozen=True)
+class Problem:
+    """One configuration mistake: its key, what is wrong and the fix, and the key's line."""
 
-    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+    key: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigProblems(ConfigError):
+    """Every mistake found in a settings file at once, not only the first (one a line)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+_KEY_PREFIX = re.compile(r"([A-Za-z_][\w.\[\]-]*)(?:/[\w.\[\]-]+)?: ")
+
+
+def as_problem(error: ConfigError) -> Problem:
+    """The key a ConfigError's message starts with, and the rest of the message."""
+    text = str(error)
+    match = _KEY_PREFIX.match(text)
+    if match is None:
+        return Problem("config", text)
+    return Problem(match.group(1), text[match.end():])
+
+
+class _Section:
+    """A TOML table being read: typed getters that name the full key on error.
+
+    A wrong value is recorded in ``problems`` (shared by a file's sections) and its default
+    used, so that reading goes on and every mistake is reported at once.
+    """
+
+    def __init__(self, data: Mapping[str, Any], prefix: str,
+                 problems: list[ConfigError] | None = None) -> None:
         self.data = data
         self.prefix = prefix
         self.used: set[str] = set()
+        self.problems: list[ConfigError] = [] if problems is None else problems
+
+    def report(self, error: ConfigError) -> None:
+        self.problems.append(error)
+
+    def attempt(self, read: Callable[[], T], default: T) -> T:
+        """``read()``, or ``default`` with its error recorded."""
+        try:
+            return read()
+        except ConfigError as exc:
+            self.report(exc)
+            return default
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -293,15 +348,16 @@ class _Section:
             return default
         value = self.data[name]
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise ConfigError(
+            self.report(ConfigError(
                 f"{self.key(name)}: expected {_kind_name(kind)}, got {type(value).__name__} "
                 f"({value!r})"
-            )
+            ))
+            return default
         return value
 
     def section(self, name: str) -> _Section:
         table = self.get(name, dict, {})
-        return _Section(table, self.key(name))
+        return _Section(table, self.key(name), self.problems)
 
     def finish(self, known_sections: tuple[str, ...] = ()) -> None:
         """Reject keys that nothing read: a typo should fail, not be silently ignored."""
@@ -310,7 +366,7 @@ class _Section:
                 choices = sorted(self.used | set(known_sections))
                 close = difflib.get_close_matches(name, choices, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {choices}"
-                raise ConfigError(f"{self.key(name)}: unknown key{hint}")
+                self.report(ConfigError(f"{self.key(name)}: unknown key{hint}"))
 
 
 def _kind_name(kind: type) -> str:
@@ -350,23 +406,33 @@ def _optional_path(value: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def _caller_rules(section: _Section, allowed: list[Any]) -> tuple[CallerRule, ...]:
+    rules = []
+    for index, value in enumerate(allowed):
+        key = section.key(f"allowed_calling_aes[{index}]")
+        try:
+            rules.append(_caller_rule(_string_item(value, key), key))
+        except ConfigError as exc:
+            section.report(exc)
+    return tuple(rules)
+
+
 def _read_gateway(section: _Section) -> GatewaySettings:
     allowed = section.get("allowed_calling_aes", list, [])
-    titles = tuple(
-        _caller_rule(_string_item(v, section.key(f"allowed_calling_aes[{i}]")),
-                     section.key(f"allowed_calling_aes[{i}]"))
-        for i, v in enumerate(allowed)
-    )
+    titles = _caller_rules(section, allowed)
     on_failure = section.get("on_deidentify_failure", str, "accept")
     if on_failure not in ("accept", "refuse"):
-        raise ConfigError(
+        section.report(ConfigError(
             f"{section.key('on_deidentify_failure')}: {on_failure!r} is not 'accept' "
             "(answer success, keep the original in quarantine) or 'refuse' (failure status)"
-        )
+        ))
+        on_failure = "accept"
     result = GatewaySettings(
-        ae_title=_ae_title(section.get("ae_title", str, "DICOM_GW"), section.key("ae_title")),
+        ae_title=section.attempt(lambda: _ae_title(section.get("ae_title", str, "DICOM_GW"),
+                                                   section.key("ae_title")), "DICOM_GW"),
         host=section.get("host", str, "127.0.0.1"),
-        port=_port(section.get("port", int, 11112), section.key("port")),
+        port=section.attempt(lambda: _port(section.get("port", int, 11112), section.key("port")),
+                             11112),
         allowed_calling_aes=titles,
         data_dir=Path(section.get("data_dir", str, "var")).expanduser(),
         database_url=section.get("database_url", str, ""),
@@ -390,35 +456,40 @@ def _read_gateway(section: _Section) -> GatewaySettings:
 def _number(section: _Section, name: str, default: float) -> float:
     value = section.get(name, object, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{section.key(name)}: expected a number, got {value!r}")
+        section.report(ConfigError(f"{section.key(name)}: expected a number, got {value!r}"))
+        return default
     return float(value)
 
 
 def _seconds(section: _Section, name: str, default: float) -> float:
     value = _number(section, name, default)
     if value <= 0:
-        raise ConfigError(f"{section.key(name)}: must be more than 0 seconds")
+        section.report(ConfigError(f"{section.key(name)}: must be more than 0 seconds"))
+        return default
     return value
 
 
 def _positive(section: _Section, name: str, kind: type[int], default: int) -> int:
     value = section.get(name, kind, default)
     if value < 1:
-        raise ConfigError(f"{section.key(name)}: must be 1 or more")
+        section.report(ConfigError(f"{section.key(name)}: must be 1 or more"))
+        return default
     return value
 
 
 def _at_least(section: _Section, name: str, minimum: int, default: int) -> int:
     value = section.get(name, int, default)
     if value < minimum:
-        raise ConfigError(f"{section.key(name)}: must be {minimum} or more")
+        section.report(ConfigError(f"{section.key(name)}: must be {minimum} or more"))
+        return default
     return value
 
 
 def _readable_file(section: _Section, name: str) -> Path | None:
     path = _optional_path(section.get(name, str, ""))
     if path is not None and not path.is_file():
-        raise ConfigError(f"{section.key(name)}: {path} is not a readable file")
+        section.report(ConfigError(f"{section.key(name)}: {path} is not a readable file"))
+        return None
     return path
 
 
@@ -463,6 +534,17 @@ def _read_metrics(section: _Section) -> MetricsSettings:
     return MetricsSettings(address)
 
 
+def _read_web(section: _Section) -> WebSettings:
+    address = section.get("address", str, "")
+    if address:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"{section.key('address')}: {address!r} is not host:port, "
+                              'e.g. "127.0.0.1:8080"; empty turns the web console off')
+    section.finish()
+    return WebSettings(address)
+
+
 def _read_forward(section: _Section) -> ForwardSettings:
     result = ForwardSettings(
         associations=_positive(section, "associations", int, 2),
@@ -499,37 +581,48 @@ def _string_item(value: object, key: str) -> str:
     return value
 
 
-def _read_destinations(items: list[Any]) -> tuple[Destination, ...]:
+def _read_destinations(items: list[Any], root: _Section) -> tuple[Destination, ...]:
+    """Each destination read on its own: a mistake in one does not hide those of the next."""
     destinations = []
     names: set[str] = set()
     for index, raw in enumerate(items):
         prefix = f"destinations[{index}]"
         if not isinstance(raw, dict):
-            raise ConfigError(f"{prefix}: expected a table ([[destinations]])")
-        section = _Section(raw, prefix)
-        name = section.get("name", str, "")
-        if not name:
-            raise ConfigError(f"{prefix}.name: every destination needs a unique name")
-        if name in names:
-            raise ConfigError(f"{prefix}.name: {name!r} is used twice; names must be unique")
-        names.add(name)
-        if "ae_title" not in raw:
-            raise ConfigError(f"{prefix}.ae_title: missing; give the archive's AE title")
-        destinations.append(
-            Destination(
-                name=name,
-                ae_title=_ae_title(section.get("ae_title", str, ""), section.key("ae_title")),
-                host=section.get("host", str, "127.0.0.1"),
-                port=_port(section.get("port", int, 104), section.key("port")),
-                modalities=tuple(m.upper() for m in _string_list(section, "modalities")),
-                tls=section.get("tls", bool, False),
-                tls_server_name=section.get("tls_server_name", str, ""),
-                sop_classes=_string_list(section, "sop_classes"),
-                calling_aes=_string_list(section, "calling_aes"),
-            )
-        )
-        section.finish()
+            root.report(ConfigError(f"{prefix}: expected a table ([[destinations]])"))
+            continue
+        section = _Section(raw, prefix, root.problems)
+        destination = section.attempt(lambda: _read_destination(section, names), None)  # noqa: B023
+        if destination is not None:
+            destinations.append(destination)
     return tuple(destinations)
+
+
+def _read_destination(section: _Section, names: set[str]) -> Destination:
+    prefix, raw = section.prefix, section.data
+    name = section.get("name", str, "")
+    if not name:
+        raise ConfigError(f"{prefix}.name: every destination needs a unique name")
+    if name in names:
+        raise ConfigError(f"{prefix}.name: {name!r} is used twice; names must be unique")
+    names.add(name)
+    if "ae_title" not in raw:
+        raise ConfigError(f"{prefix}.ae_title: missing; give the archive's AE title")
+    ae_title = section.attempt(
+        lambda: _ae_title(section.get("ae_title", str, ""), section.key("ae_title")), "")
+    port = section.attempt(lambda: _port(section.get("port", int, 104), section.key("port")), 104)
+    destination = Destination(
+        name=name,
+        ae_title=ae_title,
+        host=section.get("host", str, "127.0.0.1"),
+        port=port,
+        modalities=tuple(m.upper() for m in _string_list(section, "modalities")),
+        tls=section.get("tls", bool, False),
+        tls_server_name=section.get("tls_server_name", str, ""),
+        sop_classes=_string_list(section, "sop_classes"),
+        calling_aes=_string_list(section, "calling_aes"),
+    )
+    section.finish()
+    return destination
 
 
 def _read_patient(section: _Section) -> PatientSettings:
@@ -698,19 +791,29 @@ def _read_secret(gateway: GatewaySettings) -> Secret | None:
 
 
 def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Settings:
+    """Every section is read even after a mistake, so that all of them are reported at once
+    (one ConfigError as it is; several as ConfigProblems)."""
     root = _Section(data, "")
-    gateway = _read_gateway(root.section("gateway"))
-    destinations = _read_destinations(root.get("destinations", list, []))
-    deidentify = _read_deidentify(root.section("deidentify"))
-    forward = _read_forward(root.section("forward"))
-    tls = _read_tls(root.section("tls"))
-    logging_settings = _read_logging(root.section("logging"))
-    metrics = _read_metrics(root.section("metrics"))
-    pixels = _read_pixels(root.section("pixels")) if "pixels" in data else None
+    gateway = root.attempt(lambda: _read_gateway(root.section("gateway")), GatewaySettings())
+    no_destinations: tuple[Destination, ...] = ()
+    destinations = root.attempt(
+        lambda: _read_destinations(root.get("destinations", list, []), root), no_destinations)
+    deidentify = root.attempt(lambda: _read_deidentify(root.section("deidentify")),
+                              DeidentifySettings())
+    forward = root.attempt(lambda: _read_forward(root.section("forward")), ForwardSettings())
+    tls = root.attempt(lambda: _read_tls(root.section("tls")), TlsSettings())
+    logging_settings = root.attempt(lambda: _read_logging(root.section("logging")),
+                                    LoggingSettings())
+    metrics = root.attempt(lambda: _read_metrics(root.section("metrics")), MetricsSettings())
+    web = root.attempt(lambda: _read_web(root.section("web")), WebSettings())
+    pixels = root.attempt(lambda: _read_pixels(root.section("pixels")), None) \
+        if "pixels" in data else None
     if any(d.tls for d in destinations) and tls.ca_certificates is None:
-        raise ConfigError("tls.ca_certificates: a destination with tls = true needs the CA "
-                          "that signed the archive's certificate")
+        root.report(ConfigError("tls.ca_certificates: a destination with tls = true needs the CA "
+                                "that signed the archive's certificate"))
     root.finish()
+    secret = root.attempt(lambda: _read_secret(gateway), None)
+    _raise_problems(root.problems)
     return Settings(
         gateway=gateway,
         destinations=destinations,
@@ -719,10 +822,18 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
         tls=tls,
         logging=logging_settings,
         metrics=metrics,
+        web=web,
         pixels=pixels,
-        secret=_read_secret(gateway),
+        secret=secret,
         source=source,
     )
+
+
+def _raise_problems(problems: list[ConfigError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigProblems([as_problem(p) for p in problems])
 
 
 def load_settings(path: Path) -> Settings:
@@ -733,6 +844,54 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return parse_settings(data, path)
+
+
+def located_problems(error: ConfigError, path: Path) -> list[Problem]:
+    """The problems ``load_settings(path)`` raised, each with the line of its key."""
+    problems = error.problems if isinstance(error, ConfigProblems) else [as_problem(error)]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return problems
+    return [replace(p, line=key_line(text, p.key)) for p in problems]
+
+
+_TABLE_HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
+_KEY_LINE = re.compile(r"\s*([\w.\-]+)\s*=")
+_INDEX = re.compile(r"\[\d+\]$")
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Where each key and table of a TOML text is (1-based lines), keys spelled as the
+    settings name them: ``gateway.port``, ``destinations[1].host``. tomllib keeps no positions."""
+    lines: dict[str, int] = {}
+    table = ""
+    arrays: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TABLE_HEADER.match(line)
+        if header is not None:
+            name = header.group(2).replace('"', "").replace(" ", "")
+            if header.group(1) == "[[":
+                arrays[name] = arrays.get(name, -1) + 1
+                name = f"{name}[{arrays[name]}]"
+            table = name
+            lines.setdefault(table, number)
+            continue
+        key = _KEY_LINE.match(line)
+        if key is not None:
+            lines.setdefault(f"{table}.{key.group(1)}" if table else key.group(1), number)
+    return lines
+
+
+def key_line(text: str, key: str) -> int | None:
+    """The line of ``key``, else of the nearest table holding it (a missing key's section)."""
+    lines = key_lines(text)
+    while key:
+        for candidate in (key, _INDEX.sub("", key)):
+            if candidate in lines:
+                return lines[candidate]
+        key = key.rpartition(".")[0]
+    return None
 
 
 def write_new_secret(path: Path) -> None:

@@ -478,13 +478,16 @@ class PseudonymStore:
                 conn.execute(table.insert().values(**v))
 
     def lookup(self, term: str, account: str | None = None) -> list[MapEntry]:
-        """Entries whose original or pseudonym equals ``term``; the look-up is audited."""
+        """Entries whose original equals ``term`` exactly, or whose pseudonym equals it in any
+        case (pseudonyms are upper-case IDs and numeric UIDs; users type them in lower case);
+        the look-up is audited."""
         self.flush()
         self.audit("map lookup", term, account)
+        typed = {term.strip(), term.strip().upper()}
         with Session(self.engine) as session:
             rows = session.scalars(
                 select(PseudonymRow).where(
-                    or_(PseudonymRow.original == term, PseudonymRow.pseudonym == term)
+                    or_(PseudonymRow.original == term, PseudonymRow.pseudonym.in_(typed))
                 ).order_by(PseudonymRow.kind, PseudonymRow.id)
             )
             return [_entry(r) for r in rows]
@@ -783,3 +786,84 @@ def map_sizes(engine: Engine) -> dict[str, int]:
             return {str(kind): int(count) for kind, count in rows}
     except SQLAlchemyError as exc:
         raise StateError(f"cannot read the pseudonym map ({type(exc).__name__})") from exc
+
+
+# --- web console accounts ----------------------------------------------------------------------
+
+ROLES = ("admin", "viewer")
+
+
+class AccountRow(Base):
+    __tablename__ = "accounts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))  # scheme$parameters$salt$hash
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    role: str
+    password_hash: str
+    created: datetime
+
+
+class Accounts:
+    """Web console accounts; the hashing is the caller's (gateway.web.accounts)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = open_engine(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def add(self, name: str, role: str, password_hash: str) -> None:
+        if role not in ROLES:
+            raise StateError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        try:
+            with WRITE_LOCK, Session(self.engine) as session, session.begin():
+                if session.get(AccountRow, name) is not None:
+                    raise StateError(f"an account named {name!r} exists already")
+                session.add(AccountRow(name=name, role=role, password_hash=password_hash,
+                                       created=_now()))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write accounts ({type(exc).__name__})") from exc
+
+    def remove(self, name: str) -> bool:
+        try:
+            with WRITE_LOCK, Session(self.engine) as session, session.begin():
+                removed = session.execute(delete(AccountRow).where(AccountRow.name == name))
+                return bool(removed.rowcount)  # type: ignore[attr-defined]
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write accounts ({type(exc).__name__})") from exc
+
+    def get(self, name: str) -> Account | None:
+        try:
+            with Session(self.engine) as session:
+                row = session.get(AccountRow, name)
+                return None if row is None else _account_of(row)
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read accounts ({type(exc).__name__})") from exc
+
+    def list(self) -> list[Account]:
+        try:
+            with Session(self.engine) as session:
+                return [_account_of(r) for r in
+                        session.scalars(select(AccountRow).order_by(AccountRow.name))]
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot read accounts ({type(exc).__name__})") from exc
+
+    def audit(self, action: str, detail: str, account: str) -> None:
+        """Who did what in the console (never values from data sets)."""
+        try:
+            with WRITE_LOCK, Session(self.engine) as session, session.begin():
+                session.add(AuditRow(at=_now(), action=action[:32], query=detail[:256],
+                                     account=account[:64]))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot write audit rows ({type(exc).__name__})") from exc
+
+
+def _account_of(row: AccountRow) -> Account:
+    return Account(row.name, row.role, row.password_hash, _utc(row.created))

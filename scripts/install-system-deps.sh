@@ -11,6 +11,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)  # OCR of burned-in text (gateway/pixels)
 # The server programs (initdb, pg_ctl); tests/pgserver.py starts its own server on a free port.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# The web console's browser tests (Playwright drives this Chromium; its own download is not used).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -88,7 +88,7 @@ def test_a_database_outage_loses_nothing_and_forwards_nothing_refused(
     wait_for(lambda: len(archive.files()) == 3, 30, "the first study at the archive")
     records = wait_for(lambda: gateway.quarantine() or None, 60, "the dead letter")
     assert records[0]["context"]["dead_letter"] is True
-    dead_path = gateway.workdir / "var" / "quarantine" / records[0]["id"] / "original.dcm"
+    dead_path = gateway.workdir / "var" / "quarantine" / records[0]["id"] / records[0]["file"]
     dead_uid = str(pydicom.dcmread(dead_path, stop_before_pixels=True).SOPInstanceUID)
 
     postgres_server.stop()

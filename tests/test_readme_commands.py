@@ -58,6 +58,7 @@ def test_every_readme_command_runs_as_documented(tmp_path: Path) -> None:
     config = (ROOT / "config" / "gateway.toml").read_text()
     config = config.replace("port = 11112", f"port = {port}")
     config = config.replace("port = 11113", f"port = {archive_port}")
+    config = config.replace('"127.0.0.1:8080"', f'"127.0.0.1:{free_port()}"')  # the web console
     (tmp_path / "config" / "gateway.toml").write_text(config)
     shutil.copy(ROOT / "config" / "pixel-rules.toml", tmp_path / "config")
     export, anonymized = tmp_path / "export", tmp_path / "anonymized"

@@ -108,7 +108,9 @@ def test_instance_the_archive_refuses_becomes_a_dead_letter(peers: Peers, tmp_pa
     assert record["context"]["dead_letter"] is True
     assert record["source"] == "forward to archive"
     # what waits in quarantine is the de-identified instance, not the original
-    kept_path = gateway.workdir / "var" / "quarantine" / record["id"] / "original.dcm"
+    # stored under its pseudonymous SOP Instance UID, as the record says
+    kept_path = gateway.workdir / "var" / "quarantine" / record["id"] / record["file"]
+    assert record["file"] == f"{pydicom.dcmread(kept_path).SOPInstanceUID}.dcm"
     assert b"CompressedSamples" not in kept_path.read_bytes()
     assert pydicom.dcmread(kept_path).PatientIdentityRemoved == "YES"
 

@@ -79,6 +79,7 @@ from gateway.net.pdu import (
     parse_associate_rj,
 )
 from gateway.net.reader import PduReader
+from gateway.net.tls import handshake_failure
 
 MAX_CONTEXTS = 128  # presentation context IDs are the odd numbers 1-255
 FRAGMENT = 1 << 20  # data set bytes per PDV at most (also when the peer sets no limit)
@@ -213,8 +214,8 @@ def _tls(sock: socket.socket, context: ssl.SSLContext, server_hostname: str,
     sock.settimeout(max(0.001, deadline - time.monotonic()))
     try:
         return context.wrap_socket(sock, server_hostname=server_hostname)
-    except ssl.SSLError as exc:  # a timeout is not one: it becomes PeerTimeout
-        raise ConnectionFailed(f"TLS handshake failed ({type(exc).__name__})") from exc
+    except (ssl.SSLError, ConnectionError) as exc:  # a timeout is not one: it becomes PeerTimeout
+        raise ConnectionFailed(handshake_failure(exc, server_hostname)) from exc
 
 
 def _aborted(body: bytes) -> PeerAborted:

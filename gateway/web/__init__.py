@@ -1,0 +1,1 @@
+"""The web console: dashboard, quarantine and dead letters, pseudonym map look-ups (``[web]``)."""
