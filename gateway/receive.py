@@ -65,11 +65,16 @@ class Routing:
         )
 
 
-def caller_allowed(rules: tuple[CallerRule, ...], calling_ae: str, address: str) -> bool:
+def caller_allowed(rules: tuple[CallerRule, ...], calling_ae: str, address: str,
+                   certificate_subject: tuple[tuple[str, str], ...] = ()) -> bool:
     """No rules: everyone. Otherwise a rule must name the title, and the address if it has one
-    (``"PACS@10.0.0.5"``)."""
-    return not rules or any(r.ae_title.strip() == calling_ae and r.address in (None, address)
-                            for r in rules)
+    (``"PACS@10.0.0.5"``), and the client certificate's subject attributes if it has them
+    (``"PACS@cert:CN=pacs.example.org"``): a certificate the CA signed for one site cannot
+    call under another site's title."""
+    return not rules or any(
+        r.ae_title.strip() == calling_ae and r.address in (None, address)
+        and all(pair in certificate_subject for pair in r.certificate_subject)
+        for r in rules)
 
 
 @lru_cache(maxsize=1024)
@@ -268,7 +273,8 @@ class Receiver:
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             ssl_context=server_context(self.settings.tls) if self.settings.tls.enabled else None,
-            calling_ae_allowed=lambda title, address: caller_allowed(rules, title, address),
+            calling_ae_allowed=lambda title, address, subject: caller_allowed(
+                rules, title, address, subject),
             storage_sop_class=storage_sop_class,
             transfer_syntax_supported=transfer_syntax_supported,
         )

@@ -96,10 +96,22 @@ class WebSettings:
 
 @dataclass(frozen=True)
 class CallerRule:
-    """An allowed calling AE title, optionally only from one host address."""
+    """An allowed calling AE title, optionally only from one host address, or only with a TLS
+    client certificate whose subject holds the given attributes."""
 
     ae_title: str
     address: str | None = None
+    # (OpenSSL's long attribute name, value) pairs, as ssl.getpeercert() names them
+    certificate_subject: tuple[tuple[str, str], ...] = ()
+
+
+# The subject attributes a rule may name ("PACS@cert:CN=pacs.example.org,O=Hospital"), by the
+# short names of RFC 4514 and certificates, and the long names ssl.getpeercert() gives them.
+SUBJECT_ATTRIBUTES = {
+    "CN": "commonName", "O": "organizationName", "OU": "organizationalUnitName",
+    "C": "countryName", "L": "localityName", "ST": "stateOrProvinceName",
+    "DC": "domainComponent", "EMAILADDRESS": "emailAddress", "SERIALNUMBER": "serialNumber",
+}
 
 
 MAX_NICE = 19  # the lowest priority Unix has
@@ -384,16 +396,34 @@ def _ae_title(value: str, key: str) -> str:
 
 
 def _caller_rule(value: str, key: str) -> CallerRule:
-    """``"AE"`` or ``"AE@host"``; a host name is resolved once, at start-up."""
+    """``"AE"``, ``"AE@host"`` (a host name is resolved once, at start-up) or
+    ``"AE@cert:CN=name,O=org"``."""
     title, _, host = value.partition("@")
     ae = _ae_title(title, key)
     if not host:
         return CallerRule(ae)
+    if host.startswith("cert:"):
+        return CallerRule(ae, certificate_subject=_certificate_subject(host[len("cert:"):], key))
     try:
         address = socket.gethostbyname(host.strip())
     except OSError as exc:
         raise ConfigError(f"{key}: cannot resolve host {host!r} ({exc})") from exc
     return CallerRule(ae, address)
+
+
+def _certificate_subject(text: str, key: str) -> tuple[tuple[str, str], ...]:
+    """``"CN=pacs.example.org,O=Hospital"`` as getpeercert()'s (long name, value) pairs."""
+    pairs = []
+    for part in text.split(","):
+        name, equals, value = part.partition("=")
+        attribute = SUBJECT_ATTRIBUTES.get(name.strip().upper())
+        if not equals or not value.strip() or attribute is None:
+            raise ConfigError(
+                f"{key}: {part.strip()!r} is not an attribute of a certificate subject; write "
+                f"'cert:' then NAME=value pairs separated by commas, NAME one of "
+                f"{', '.join(sorted(SUBJECT_ATTRIBUTES))} (e.g. 'PACS@cert:CN=pacs.example.org')")
+        pairs.append((attribute, value.strip()))
+    return tuple(pairs)
 
 
 def _port(value: int, key: str) -> int:
@@ -808,6 +838,11 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
     web = root.attempt(lambda: _read_web(root.section("web")), WebSettings())
     pixels = root.attempt(lambda: _read_pixels(root.section("pixels")), None) \
         if "pixels" in data else None
+    if any(r.certificate_subject for r in gateway.allowed_calling_aes) and not (
+            tls.enabled and tls.require_client_certificate):
+        root.report(ConfigError(
+            "gateway.allowed_calling_aes: a title bound to a certificate ('AE@cert:...') needs "
+            "tls.enabled = true and tls.require_client_certificate = true"))
     if any(d.tls for d in destinations) and tls.ca_certificates is None:
         root.report(ConfigError("tls.ca_certificates: a destination with tls = true needs the CA "
                                 "that signed the archive's certificate"))

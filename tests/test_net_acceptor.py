@@ -176,7 +176,7 @@ def test_after_a_rejection_the_requestor_closes_the_connection(start: Callable[.
 
 
 def test_calling_ae_title_refused_by_the_policy_is_rejected(start: Callable[..., Running]) -> None:
-    running = start(calling_ae_allowed=lambda title, address: title == "ECHOSCU"
+    running = start(calling_ae_allowed=lambda title, address, subject: title == "ECHOSCU"
                     and address == LOOPBACK)
     refused = echoscu(running.port, calling="INTRUDER")
     assert refused.returncode != 0

@@ -38,7 +38,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
             "ca.pem", "-days", "2", "-subj", "/CN=test CA", cwd=d)
     (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
+    for name in ("server", "client", "other-site"):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
                 f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
@@ -68,10 +68,11 @@ def stop(process: subprocess.Popen[bytes]) -> int:
     return int(process.returncode)
 
 
-def client_tls(pki: Path, with_certificate: bool = True) -> tuple[ssl.SSLContext, str]:
+def client_tls(pki: Path, with_certificate: bool = True,
+               name: str = "client") -> tuple[ssl.SSLContext, str]:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
     if with_certificate:
-        context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+        context.load_cert_chain(str(pki / f"{name}.pem"), str(pki / f"{name}.key"))
     return context, "127.0.0.1"
 
 
@@ -82,11 +83,12 @@ def associate(port: int, calling: str = "MODALITY", tls: tuple[ssl.SSLContext, s
     return ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOM_GW", tls_args=tls)
 
 
-def assert_rejected(port: int, calling: str) -> None:
+def assert_rejected(port: int, calling: str,
+                    tls: tuple[ssl.SSLContext, str] | None = None) -> None:
     """Never established; rejected (a second try only if the first ended some other way,
     which is printed: once in a while in CI the requestor saw no A-ASSOCIATE-RJ)."""
     for _ in range(2):
-        assoc = associate(port, calling=calling)
+        assoc = associate(port, calling=calling, tls=tls)
         assert not assoc.is_established, f"{calling} was accepted"
         if assoc.is_rejected:
             return
@@ -204,3 +206,42 @@ port = {free_port()}
         assert gateway.stdout is not None
         print(gateway.stdout.read().decode(errors="replace"))  # shown if the test fails
         assert code == 0
+
+
+def test_a_calling_ae_bound_to_a_certificate_subject_needs_that_certificate(
+        tmp_path: Path, pki: Path) -> None:
+    """Both certificates are signed by the trusted CA; each may call only under its own title."""
+    port = free_port()
+    gateway = start_gateway(tmp_path, f"""
+[gateway]
+port = {port}
+secret_file = "var/secret.key"
+allowed_calling_aes = ["PACS@cert:CN=client", "REMOTE_CT@cert:cn=other-site"]
+[tls]
+enabled = true
+certificate = "{pki / 'server.pem'}"
+private_key = "{pki / 'server.key'}"
+ca_certificates = "{pki / 'ca.pem'}"
+require_client_certificate = true
+[[destinations]]
+name = "archive"
+ae_title = "ARCHIVE"
+port = {free_port()}
+""")
+    try:
+        assert eventually(lambda: listening(port))
+        for calling, certificate in (("PACS", "client"), ("REMOTE_CT", "other-site")):
+            accepted = associate(port, calling=calling, tls=client_tls(pki, name=certificate))
+            assert accepted.is_established, calling
+            assert accepted.send_c_echo().Status == 0x0000
+            accepted.release()
+        # a trusted certificate under the other site's title: rejected
+        assert_rejected(port, "REMOTE_CT", tls=client_tls(pki, name="client"))
+        assert_rejected(port, "PACS", tls=client_tls(pki, name="other-site"))
+    finally:
+        code = stop(gateway)
+        assert gateway.stdout is not None
+        output = gateway.stdout.read().decode(errors="replace")
+        print(output)  # shown if the test fails
+        assert code == 0
+    assert output.count('"reason": "calling AE title not recognized"') >= 2

@@ -153,6 +153,37 @@ def test_bad_allowed_calling_ae_names_its_index(tmp_path):
     assert message.startswith("gateway.allowed_calling_aes[1]: 'TOO_LONG_AE_TITLE_X' is not")
 
 
+def test_a_title_bound_to_a_certificate_needs_tls_with_client_certificates(tmp_path):
+    message = config_error(tmp_path, gateway='allowed_calling_aes = ["PACS@cert:CN=pacs.example.org"]')
+    assert message == ("gateway.allowed_calling_aes: a title bound to a certificate ('AE@cert:...') "
+                       "needs tls.enabled = true and tls.require_client_certificate = true")
+
+
+@pytest.mark.parametrize("rule, part", [("PACS@cert:XX=1", "XX=1"), ("PACS@cert:CN", "CN"),
+                                        ("PACS@cert:CN=a,", ""), ("PACS@cert:", "")])
+def test_a_certificate_subject_that_cannot_match_is_refused(tmp_path, rule, part):
+    message = config_error(tmp_path, gateway=f'allowed_calling_aes = ["{rule}"]')
+    assert message.startswith(f"gateway.allowed_calling_aes[0]: {part!r} is not an attribute "
+                              "of a certificate subject; write 'cert:' then NAME=value pairs")
+
+
+def test_caller_rules_match_title_address_and_every_subject_attribute():
+    from gateway.receive import caller_allowed
+    from gateway.settings import CallerRule
+
+    rules = (CallerRule("PACS", certificate_subject=(("commonName", "pacs.example.org"),
+                                                     ("organizationName", "Hospital"))),
+             CallerRule("CT", address="10.0.0.5"))
+    pacs = (("commonName", "pacs.example.org"), ("organizationName", "Hospital"),
+            ("countryName", "CH"))
+    assert caller_allowed(rules, "PACS", "10.9.9.9", pacs)
+    assert not caller_allowed(rules, "PACS", "10.9.9.9", pacs[:1])  # O missing
+    assert not caller_allowed(rules, "PACS", "10.9.9.9", ())  # no certificate
+    assert not caller_allowed(rules, "CT", "10.9.9.9", pacs)  # CT is bound to an address
+    assert caller_allowed(rules, "CT", "10.0.0.5")
+    assert caller_allowed((), "ANYONE", "10.9.9.9")
+
+
 @pytest.mark.parametrize("port", [0, 65536, -1])
 def test_port_out_of_range(tmp_path, port):
     message = config_error(tmp_path, gateway=f"port = {port}")

@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway import logs
 from gateway.net.dimse import (
@@ -155,7 +156,10 @@ class ServerConfig:
     implementation_version_name: str = ""
     ssl_context: ssl.SSLContext | None = None
     # (calling AE title, peer address) -> allowed
-    calling_ae_allowed: Callable[[str, str], bool] = field(default=lambda _ae, _address: True)
+    # (calling AE title, peer address, TLS client certificate subject as getpeercert()'s
+    # (attribute, value) pairs; empty without one) -> allowed
+    calling_ae_allowed: Callable[[str, str, tuple[tuple[str, str], ...]], bool] = field(
+        default=lambda _ae, _address, _subject: True)
     # abstract syntaxes accepted for C-STORE
     storage_sop_class: Callable[[str], bool] = field(default=_any_uid)
     # transfer syntaxes a storage context may be accepted with (the first proposed that is)
@@ -319,6 +323,13 @@ class _Association:
             log.warning("association aborted: network timeout", calling_ae=self.calling_ae,
                         peer=self.peer)
 
+    def _peer_subject(self) -> tuple[tuple[str, str], ...]:
+        """The verified client certificate's subject attributes; empty without TLS or one."""
+        if not isinstance(self.sock, ssl.SSLSocket):
+            return ()
+        subject: Any = (self.sock.getpeercert() or {}).get("subject", ())  # RDNs of pairs
+        return tuple((str(name), str(value)) for rdn in subject for name, value in rdn)
+
     def _tls(self, context: ssl.SSLContext) -> bool:
         """The TLS handshake, within what is left of the ARTIM deadline; whether it succeeded."""
         try:
@@ -382,7 +393,7 @@ class _Association:
             return REJECT_APPLICATION_CONTEXT
         if rq.called_ae != config.ae_title.strip():
             return REJECT_CALLED_AE
-        if not config.calling_ae_allowed(rq.calling_ae, self.address):
+        if not config.calling_ae_allowed(rq.calling_ae, self.address, self._peer_subject()):
             return REJECT_CALLING_AE
         return None
 
