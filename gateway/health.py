@@ -85,6 +85,7 @@ class Probes:
     staging: Path
     forwarding: Callable[[], Check]
     threads: Callable[[], dict[str, bool]]  # name -> alive
+    associations: Callable[[], int]  # open now (a node being drained is done at 0)
 
 
 class HealthMonitor:
@@ -144,6 +145,7 @@ class HealthMonitor:
     def _write(self, health: NodeHealth) -> None:
         record = {"pid": os.getpid(), "listen": self.listen,
                   "started": datetime.fromtimestamp(self.started, UTC).isoformat(),
+                  "associations": self.probes.associations(),
                   "updated": time.time(), **health.as_dict()}
         temp = self.node_file.with_name(f".{NODE_FILE}.{os.getpid()}")
         try:

@@ -91,6 +91,7 @@ class Gateway:
             staging=spool.staging,
             forwarding=self.forwarding.health,
             threads=lambda: {name: t.is_alive() for name, t in self._threads.items()},
+            associations=self.receiver.active_associations,
         )
         return HealthMonitor(probes, self.settings.data_dir / NODE_FILE, time.time(),
                              f"{g.host}:{g.port}")

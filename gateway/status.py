@@ -55,7 +55,8 @@ def text_lines(report: dict[str, Any]) -> list[str]:
         health = "healthy" if node.get("healthy") else "UNHEALTHY: " + ", ".join(
             f"{name} ({check['detail']})" for name, check in node.get("checks", {}).items()
             if not check["ok"])
-        lines = [f"this node      running (pid {node['pid']}, since {node['started']}), {health}"]
+        lines = [f"this node      running (pid {node['pid']}, since {node['started']}), {health}",
+                 f"  receiving    {node.get('associations', '?')} associations open"]
     else:
         lines = ["this node      no gateway is serving from this data folder"]
     q = node["quarantine"]

@@ -12,7 +12,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from netpeers import DestinationSpec, Peers, free_port, requires_dcmtk, storescu, wait_for, write_study
+from netpeers import (
+    GATEWAY_AE,
+    DestinationSpec,
+    Peers,
+    free_port,
+    requires_dcmtk,
+    storescu,
+    wait_for,
+    write_study,
+)
 
 pytestmark = requires_dcmtk
 
@@ -52,6 +61,21 @@ def test_status_separates_this_node_from_the_cluster_and_healthz_follows_the_spo
     assert cluster["map"]["patient"] == 1
     text = gateway.cli("status").stdout
     assert "this node      running (pid" in text and "healthy" in text and "cluster" in text
+
+    # open associations are counted (what a node being drained waits for)
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    caller = AE(ae_title="DRAIN_CHECK")
+    caller.add_requested_context(Verification)
+    association = caller.associate("127.0.0.1", gateway.port, ae_title=GATEWAY_AE)
+    assert association.is_established
+    wait_for(lambda: gateway.status_sections()["node"].get("associations") == 1, 15,
+             "status counting the open association")
+    assert "  receiving    1 associations open" in gateway.cli("status").stdout
+    association.release()
+    wait_for(lambda: gateway.status_sections()["node"].get("associations") == 0, 15,
+             "status counting no association")
 
     code, body = healthz(metrics_port)
     assert code == 200 and body["healthy"] is True
