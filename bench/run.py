@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pgload  # bench/pgload.py, beside this script
 import pixels as pixel_bench  # bench/pixels.py, beside this script
 import pydicom
 from pydicom.data import get_testdata_file, get_testdata_files
@@ -596,10 +597,17 @@ def compare_nodes(workdir: Path, paths: list[Path], parallel: int, rounds: int) 
             "2 nodes, PostgreSQL": lambda: [server.new_database()] * 2,
         }
         rates: dict[str, list[float]] = {name: [] for name in setups}
+        server_loads: list[pgload.Load] = []  # what PostgreSQL did, for the one-node runs
         for index in range(rounds):
             for name, urls in setups.items():
                 folder = workdir / f"nodes-{index}-{len(rates[name])}-{name[0]}{len(name)}"
-                rates[name].append(run_nodes(folder, paths, parallel, urls()))
+                database_urls = urls()
+                pid = server._postmaster_pid()
+                before = pgload.load(pid, database_urls[0]) if pid and database_urls[0] else None
+                rates[name].append(run_nodes(folder, paths, parallel, database_urls))
+                if before is not None and pid is not None and len(database_urls) == 1:
+                    time.sleep(1)  # the nodes' backends have exited and been reaped
+                    server_loads.append(pgload.load(pid, database_urls[0]) - before)
                 shutil.rmtree(folder, ignore_errors=True)
     finally:
         server.destroy()
@@ -608,7 +616,21 @@ def compare_nodes(workdir: Path, paths: list[Path], parallel: int, rounds: int) 
     return {"associations": parallel, "instances": len(paths), "per_s": medians,
             "rounds": {name: [round(v, 1) for v in values] for name, values in rates.items()},
             "postgresql_vs_sqlite": round(one_pg / medians["1 node, SQLite"], 3),
-            "two_nodes_vs_one": round(medians["2 nodes, PostgreSQL"] / one_pg, 3)}
+            "two_nodes_vs_one": round(medians["2 nodes, PostgreSQL"] / one_pg, 3),
+            "postgresql_per_instance": per_instance(server_loads, len(paths))}
+
+
+def per_instance(loads: list[pgload.Load], instances: int) -> dict[str, float]:
+    """PostgreSQL's work per instance received (medians over the runs), and the instances per
+    second one core of it would carry at that cost."""
+    if not loads:
+        return {}
+    cpu_ms = statistics.median(load.cpu_seconds for load in loads) * 1000 / instances
+    return {"cpu_ms": round(cpu_ms, 3),
+            "commits": round(statistics.median(load.commits for load in loads) / instances, 3),
+            "rows_written": round(statistics.median(load.rows_written for load in loads)
+                                  / instances, 2),
+            "instances_per_core_s": round(1000 / cpu_ms) if cpu_ms else 0}
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -716,6 +738,11 @@ def print_table(report: dict[str, object]) -> None:
             print(f"  {name:<22}{rate:9.1f}   rounds {nodes['rounds'][name]}")
         print(f"  PostgreSQL / SQLite {nodes['postgresql_vs_sqlite']:.2f}; two nodes / one "
               f"{nodes['two_nodes_vs_one']:.2f}")
+        load = nodes.get("postgresql_per_instance")
+        if load:
+            print(f"  PostgreSQL per instance: {load['cpu_ms']:.3f} ms CPU, {load['commits']:.3f}"
+                  f" commits, {load['rows_written']:.2f} rows written (one core of it: "
+                  f"{load['instances_per_core_s']} instances/s)")
     elif isinstance(nodes, dict):
         print(f"\nnodes: {nodes['skipped']}")
     if "soak" in report:
