@@ -164,6 +164,20 @@ def _private_key_safe(settings: Settings) -> str:
     return "readable by its owner only"
 
 
+def tls_files_for_serving(settings: Settings) -> list[Finding]:
+    """What ``serve`` checks of its certificate and key before it listens: only when it uses
+    them (serving TLS, or presenting them to a TLS archive)."""
+    tls = settings.tls
+    if not (tls.enabled or any(d.tls for d in settings.destinations)):
+        return []
+    findings = []
+    if tls.certificate is not None:
+        findings.append(_certificate_dates(settings))
+    if tls.private_key is not None:
+        findings.append(_check("tls.private_key", "", lambda: _private_key_safe(settings)))
+    return findings
+
+
 def _tls_findings(settings: Settings) -> list[Finding]:
     findings = []
     tls = settings.tls

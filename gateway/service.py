@@ -18,6 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gateway import logs, metrics
+from gateway.checks import tls_files_for_serving
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward_process import ForwardProcess
 from gateway.health import NODE_FILE, HealthMonitor, Probes
@@ -175,6 +176,17 @@ def _start_web(settings: Settings, gateway: Gateway) -> WebConsole | None:
     return web
 
 
+def refuse_unusable_tls_files(settings: Settings) -> None:
+    """An expired or not yet valid certificate, or a key others may read or one encrypted, stops
+    ``serve`` before it listens (peers would fail every handshake); expiry within 30 days is a
+    warning in the log."""
+    for finding in tls_files_for_serving(settings):
+        if not finding.ok:
+            raise ConfigError(f"{finding.key}: {finding.message}")
+        if finding.warning:
+            log.warning("certificate expires soon", key=finding.key, detail=finding.message)
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
     logs.configure(settings.logging.level, settings.logging.format)
@@ -183,6 +195,7 @@ def serve(settings: Settings) -> None:
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    refuse_unusable_tls_files(settings)
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     gateway = Gateway.start(settings)
     if settings.metrics.address:

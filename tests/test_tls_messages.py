@@ -8,6 +8,7 @@ import contextlib
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,34 @@ def test_a_private_key_readable_by_others_is_refused(pki, tmp_path, capsys):
     assert status == 2
     assert (f"error: tls.private_key: {key} is readable by others (mode 0644); `chmod 600 {key}`: "
             "whoever reads the key can pose as this gateway") in out
+
+
+@pytest.mark.parametrize(("name", "key_mode", "said"), [
+    ("expired", 0o600, "tls.certificate: {dir}/expired.pem expired on 2021-01-01"),
+    ("good", 0o644, "tls.private_key: {tmp}/key.pem is readable by others (mode 0644)"),
+])
+def test_serve_refuses_an_expired_certificate_or_an_open_key_before_listening(
+        pki, tmp_path, name, key_mode, said):
+    key = tmp_path / "key.pem"
+    key.write_bytes((pki / f"{name}.key").read_bytes())
+    key.chmod(key_mode)
+    config = write_config(tmp_path, "enabled = true\n" + our_tls(pki, name, str(key)))
+    served = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config",
+                             str(config)], capture_output=True, text=True, timeout=60)
+    assert served.returncode == 2
+    assert said.format(dir=pki, tmp=tmp_path) in served.stderr
+    assert '"event": "started"' not in served.stderr
+
+
+def test_serve_warns_of_a_certificate_expiring_soon_and_ignores_unused_ones(pki, tmp_path):
+    from gateway.service import refuse_unusable_tls_files
+    from gateway.settings import load_settings
+
+    refuse_unusable_tls_files(load_settings(write_config(tmp_path, our_tls(pki, "soon"))))
+    unused = write_config(tmp_path, our_tls(pki, "expired")).read_text().replace(
+        "tls = true", "tls = false")
+    (tmp_path / "unused.toml").write_text(unused)
+    refuse_unusable_tls_files(load_settings(tmp_path / "unused.toml"))  # TLS is off everywhere
 
 
 def test_a_passphrase_protected_key_is_called_encrypted(pki, tmp_path, capsys):
