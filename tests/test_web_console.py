@@ -76,7 +76,8 @@ def log_in(client: TestClient, name: str, password: str) -> str:
     return found.group(1)
 
 
-def quarantine_one(settings: Settings, dead_letter: bool = False) -> str:
+def quarantine_one(settings: Settings, dead_letter: bool = False,
+                   source: str = "MODALITY@127.0.0.1:4000") -> str:
     """A quarantined instance with a known patient name (the tests check it is never shown)."""
     from pydicom import examples
 
@@ -88,7 +89,7 @@ def quarantine_one(settings: Settings, dead_letter: bool = False) -> str:
     context = {"dead_letter": True, "destination": "archive"} if dead_letter else \
         {"received_by": "serve"}
     record = Quarantine(settings.quarantine_dir).put(
-        path.read_bytes(), "dead-letter" if dead_letter else "MODALITY@127.0.0.1:4000",
+        path.read_bytes(), "dead-letter" if dead_letter else source,
         MalformedInstance("missing (0008,0018) SOPInstanceUID"), context)
     return record.id
 
@@ -273,6 +274,16 @@ def test_a_viewer_sees_lists_without_patient_data_and_no_buttons(
     assert "<button type=\"submit\">Release" not in listing and "/purge" not in listing
     assert "archive" in client.get("/dead-letters").text
     assert client.get("/map").status_code == 403
+
+
+def test_what_a_sender_chose_is_shown_as_text_never_as_markup(
+        client: TestClient, console: Console) -> None:
+    add_accounts(console)
+    quarantine_one(console.settings, source="<b>X</b>\"'@127.0.0.1:4000")  # a 16-byte AE title
+    log_in(client, "victor", VIEWER_PASSWORD)
+    listing = client.get("/quarantine").text
+    assert "<b>X</b>" not in listing
+    assert "&lt;b&gt;X&lt;/b&gt;" in listing
 
 
 def test_a_viewer_gets_403_on_every_action(client: TestClient, console: Console) -> None:
