@@ -8,6 +8,7 @@ A backup is a folder (0700, files 0600)::
     audit.jsonl.gz             the audit trail (look-ups, exports, backups, restores)
     counters.json              the running counts that ``status`` reports
     quarantine-records.jsonl   the records of this node's quarantine (never the originals)
+    accounts.jsonl             the web console's accounts (names, roles, salted password hashes)
     secret.key                 only when asked for: the key that made the pseudonyms
 
 Rows are streamed both ways: a map of millions of entries never sits in memory. The manifest is
@@ -35,7 +36,16 @@ from gateway import __version__
 from gateway.errors import StateError
 from gateway.files import fsync_dir
 from gateway.quarantine import RECORD
-from gateway.state import COUNTERS, PSEUDONYMS, AuditRow, _account, _add_counts, _utc, open_engine
+from gateway.state import (
+    COUNTERS,
+    PSEUDONYMS,
+    AccountRow,
+    AuditRow,
+    _account,
+    _add_counts,
+    _utc,
+    open_engine,
+)
 
 FORMAT = "dicom-gateway-backup"
 FORMAT_VERSION = 1
@@ -44,14 +54,17 @@ MAP_FILE = "map.jsonl.gz"
 AUDIT_FILE = "audit.jsonl.gz"
 COUNTERS_FILE = "counters.json"
 QUARANTINE_FILE = "quarantine-records.jsonl"
+ACCOUNTS_FILE = "accounts.jsonl"
 SECRET_FILE = "secret.key"
 DATA_FILES = (MAP_FILE, AUDIT_FILE, COUNTERS_FILE, QUARANTINE_FILE)
-ALL_FILES = (MANIFEST, *DATA_FILES, SECRET_FILE)
+OPTIONAL_FILES = (ACCOUNTS_FILE,)  # written by every backup; older backups lack it
+ALL_FILES = (MANIFEST, *DATA_FILES, *OPTIONAL_FILES, SECRET_FILE)
 
 BATCH_ROWS = 1000  # rows fetched or inserted per round trip
 HASH_CHUNK = 1 << 20
 
 AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
+ACCOUNTS: Table = AccountRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class RestoreSummary:
     source_dialect: str
     created: str
     quarantine_records: int  # in the backup, for the record; not restored (no originals)
+    accounts: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -99,7 +113,8 @@ def write_backup(database_url: str, quarantine_dir: Path, folder: Path, secret: 
         "contains_secret": secret is not None,
         "files": {name: {"rows": rows.get(name), "bytes": (folder / name).stat().st_size,
                          "sha256": _sha256(folder / name)}
-                  for name in (*DATA_FILES, *((SECRET_FILE,) if secret is not None else ()))},
+                  for name in (*DATA_FILES, *OPTIONAL_FILES,
+                               *((SECRET_FILE,) if secret is not None else ()))},
     }
     _write_private(folder / MANIFEST,
                    lambda out: out.write(json.dumps(manifest, indent=2).encode() + b"\n"))
@@ -132,6 +147,7 @@ def _export_database(engine: Engine, folder: Path) -> dict[str, int]:
                 MAP_FILE: _write_lines(folder / MAP_FILE, _map_rows(conn), compressed=True),
                 AUDIT_FILE: _write_lines(folder / AUDIT_FILE, _audit_rows(conn), compressed=True),
                 COUNTERS_FILE: _write_counters(folder / COUNTERS_FILE, conn),
+                ACCOUNTS_FILE: _write_lines(folder / ACCOUNTS_FILE, _account_rows(conn)),
             }
 
 
@@ -154,6 +170,13 @@ def _audit_rows(conn: Connection) -> Iterator[dict[str, object]]:
     for row in _stream(conn, select(t.at, t.action, t.query, t.account).order_by(t.id)):
         yield {"at": _iso(row.at), "action": row.action, "query": row.query,
                "account": row.account}
+
+
+def _account_rows(conn: Connection) -> Iterator[dict[str, object]]:
+    t = ACCOUNTS.c
+    for row in _stream(conn, select(t.name, t.role, t.password_hash, t.created).order_by(t.name)):
+        yield {"name": row.name, "role": row.role, "password_hash": row.password_hash,
+               "created": _iso(row.created)}
 
 
 def _write_counters(path: Path, conn: Connection) -> int:
@@ -292,6 +315,7 @@ def restore_backup(database_url: str, folder: Path, manifest: dict[str, Any],
             audits = _insert_lines(conn, AUDIT, _read_lines(folder / AUDIT_FILE, _audit_values_of),
                                    files[AUDIT_FILE].get("rows"), AUDIT_FILE)
             counters = _restore_counters(conn, folder / COUNTERS_FILE)
+            accounts, notes = _restore_accounts(conn, folder, files)
             conn.execute(AUDIT.insert(), _audit_values(
                 "restore", f"{manifest.get('created')} {manifest.get('source_dialect')} {folder}",
                 account))
@@ -302,7 +326,7 @@ def restore_backup(database_url: str, folder: Path, manifest: dict[str, Any],
         engine.dispose()
     return RestoreSummary(entries, audits, counters, str(manifest.get("source_dialect")),
                           str(manifest.get("created")),
-                          int(files[QUARANTINE_FILE].get("rows") or 0))
+                          int(files[QUARANTINE_FILE].get("rows") or 0), accounts, notes)
 
 
 def _require_empty_map(conn: Connection) -> None:
@@ -311,10 +335,10 @@ def _require_empty_map(conn: Connection) -> None:
                          "only into a new database (nothing was restored)")
 
 
-def _read_lines(path: Path, convert: Callable[[dict[str, Any]], dict[str, object]]
-                ) -> Iterator[dict[str, object]]:
+def _read_lines(path: Path, convert: Callable[[dict[str, Any]], dict[str, object]],
+                compressed: bool = True) -> Iterator[dict[str, object]]:
     try:
-        with gzip.open(path, "rb") as lines:
+        with (gzip.open(path, "rb") if compressed else path.open("rb")) as lines:
             for number, line in enumerate(lines, 1):
                 try:
                     yield convert(json.loads(line))
@@ -353,6 +377,27 @@ def _insert_lines(conn: Connection, table: Any, rows: Iterable[dict[str, object]
         raise StateError(f"{name} has {count} rows where {MANIFEST} says {expected}; nothing "
                          "was restored")
     return count
+
+
+def _restore_accounts(conn: Connection, folder: Path, files: dict[str, Any]
+                      ) -> tuple[int, list[str]]:
+    """The console's accounts, but never over one of the same name added since."""
+    if ACCOUNTS_FILE not in files:
+        return 0, ["the backup has no console accounts (made before they were backed up)"]
+    existing = set(conn.execute(select(ACCOUNTS.c.name)).scalars())
+    rows = list(_read_lines(folder / ACCOUNTS_FILE, _account_values, compressed=False))
+    kept = sorted(str(row["name"]) for row in rows if row["name"] in existing)
+    fresh = [row for row in rows if row["name"] not in existing]
+    if fresh:
+        conn.execute(ACCOUNTS.insert(), fresh)
+    notes = [f"console accounts kept as they are here: {', '.join(kept)}"] if kept else []
+    return len(fresh), notes
+
+
+def _account_values(row: dict[str, Any]) -> dict[str, object]:
+    return {"name": str(row["name"]), "role": str(row["role"]),
+            "password_hash": str(row["password_hash"]),
+            "created": datetime.fromisoformat(row["created"])}
 
 
 def _restore_counters(conn: Connection, path: Path) -> int:

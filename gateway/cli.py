@@ -454,6 +454,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     print(f"restored {summary.map_entries} map entries, {summary.audit_rows} audit rows and "
           f"{summary.counters} counters from a {summary.source_dialect} backup of "
           f"{summary.created}")
+    print(f"restored {summary.accounts} web console accounts")
+    for note in summary.notes:
+        print(note, file=sys.stderr)
     if summary.quarantine_records:
         print(f"the backup lists {summary.quarantine_records} quarantine records (in "
               "quarantine-records.jsonl); their originals are not in a backup, so none is "

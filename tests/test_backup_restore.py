@@ -18,6 +18,7 @@ from gateway.errors import MalformedInstance
 from gateway.quarantine import Quarantine
 from gateway.settings import write_new_secret
 from gateway.state import RECEIVED, Deliveries, PseudonymStore
+from gateway.web.accounts import hash_password, verify_password
 
 pytest_plugins = ["pgserver"]  # postgres_server, postgres_url
 
@@ -28,6 +29,7 @@ PAIRS = [
     Pseudonym("uid", "1.2.840.10008.2", "2.25.2"),
     Pseudonym("date_shift", "PID-1", "-17"),
 ]
+ADA_PASSWORD = "a console password"
 COUNTERS = {(RECEIVED, ""): 7, (state.FORWARDED, "archive"): 5, (state.QUARANTINED, ""): 1}
 
 
@@ -64,6 +66,11 @@ class Site:
         finally:
             store.close()
             deliveries.close()
+        accounts = state.Accounts(self.url)
+        try:
+            accounts.add("ada", "admin", hash_password(ADA_PASSWORD))
+        finally:
+            accounts.close()
         Quarantine(self.data_dir / "quarantine").put(
             b"ORIGINAL-DICOM-BYTES", "SENDER@127.0.0.1:4242", MalformedInstance("no SOP Instance UID"))
 
@@ -73,6 +80,13 @@ class Site:
             return len(list(store.export()))
         finally:
             store.close()
+
+    def accounts(self) -> list[state.Account]:
+        accounts = state.Accounts(self.url)
+        try:
+            return accounts.list()
+        finally:
+            accounts.close()
 
     def audit_actions(self) -> list[str]:
         store = PseudonymStore(self.url)
@@ -127,6 +141,10 @@ def test_restore_into_the_other_database_answers_every_lookup_the_same(source_an
         assert deliveries.counters() == COUNTERS
     finally:
         deliveries.close()
+    assert "restored 1 web console accounts" in out
+    [ada] = target.accounts()
+    assert (ada.name, ada.role) == ("ada", "admin")
+    assert verify_password(ADA_PASSWORD, ada.password_hash)  # the console login works there
 
 
 # --- what a backup is ----------------------------------------------------------------------------
@@ -140,7 +158,8 @@ def test_backup_is_private_versioned_and_checksummed_without_originals_or_secret
     assert code == 0
     assert "not in this backup: keep it separately" in err
     assert mode(folder) == 0o700
-    assert sorted(p.name for p in folder.iterdir()) == sorted(backup.DATA_FILES + (backup.MANIFEST,))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        (*backup.DATA_FILES, *backup.OPTIONAL_FILES, backup.MANIFEST))
     assert all(mode(p) == 0o600 for p in folder.iterdir())
 
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -156,6 +175,9 @@ def test_backup_is_private_versioned_and_checksummed_without_originals_or_secret
         rows = [json.loads(line) for line in lines]
     assert {(r["kind"], r["original"], r["pseudonym"]) for r in rows} == {
         (p.kind, p.original, p.pseudonym) for p in PAIRS}
+    [account] = [json.loads(line) for line in (folder / "accounts.jsonl").open()]
+    assert account["name"] == "ada" and account["password_hash"].startswith("scrypt$")
+    assert ADA_PASSWORD not in (folder / "accounts.jsonl").read_text()
     [record] = [json.loads(line) for line in (folder / "quarantine-records.jsonl").open()]
     assert record["reason"] == "malformed"
     everything = b"".join(p.read_bytes() for p in folder.iterdir())
@@ -248,6 +270,33 @@ def test_restore_refuses_a_manifest_it_cannot_trust(tmp_path, made_backup, capsy
     assert code == 3
     assert message in err
     assert target.map_size() == 0
+
+
+def test_restore_keeps_an_account_added_here_and_reads_backups_without_accounts(
+        tmp_path, made_backup, capsys):
+    target = Site(tmp_path / "new")
+    accounts = state.Accounts(target.url)
+    try:
+        accounts.add("ada", "viewer", hash_password("set up here"))
+    finally:
+        accounts.close()
+    code, out, err = target.run(capsys, "restore", str(made_backup))
+    assert code == 0, err
+    assert "restored 0 web console accounts" in out
+    assert "console accounts kept as they are here: ada" in err
+    assert [(a.name, a.role) for a in target.accounts()] == [("ada", "viewer")]
+
+    older = tmp_path / "older"  # a backup from before accounts were backed up
+    older.mkdir()
+    for name in (*backup.DATA_FILES, backup.MANIFEST):
+        (older / name).write_bytes((made_backup / name).read_bytes())
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["files"]["accounts.jsonl"]
+    del manifest["files"]["secret.key"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = Site(tmp_path / "newer").run(capsys, "restore", str(older))
+    assert code == 0, err
+    assert "the backup has no console accounts" in err
 
 
 def test_restore_refuses_an_unfinished_backup(tmp_path, made_backup, capsys):
