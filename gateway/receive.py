@@ -8,6 +8,7 @@ the sender keeps the image and tries again.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,10 +78,22 @@ def caller_allowed(rules: tuple[CallerRule, ...], calling_ae: str, address: str,
         for r in rules)
 
 
+# Digits and dots, at most 64 characters (PS3.5 9.1; components with a leading zero, which the
+# standard forbids but some devices send, are let through): anything else is refused before
+# pydicom sees it, which would warn about every malformed UID a hostile peer makes up.
+_UID_SYNTAX = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def uid_syntax(uid: str) -> bool:
+    return len(uid) <= 64 and _UID_SYNTAX.fullmatch(uid) is not None
+
+
 @lru_cache(maxsize=1024)
 def storage_sop_class(uid: str) -> bool:
     """Every storage SOP class, private and unknown ones too: what pynetdicom accepts with
     ``UNRESTRICTED_STORAGE_SERVICE`` (only the non-storage SOP classes it knows are refused)."""
+    if not uid_syntax(uid):
+        return False
     u = UID(uid)
     return (u.is_private
             or pynetdicom_sop_class.uid_to_service_class(u) is StorageServiceClass
@@ -91,7 +104,7 @@ def storage_sop_class(uid: str) -> bool:
 def transfer_syntax_supported(uid: str) -> bool:
     """The transfer syntaxes pydicom's UID dictionary lists as such: native, deflated and every
     encapsulated one. A private or unknown one cannot be de-identified: refused at negotiation."""
-    return UID(uid).is_transfer_syntax
+    return uid_syntax(uid) and UID(uid).is_transfer_syntax
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
