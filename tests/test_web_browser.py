@@ -1,8 +1,8 @@
 """The web console in a real browser (Playwright driving Debian's Chromium) against a real
 serving gateway, a dcmtk archive and dcmtk senders: login, dashboard numbers equal to
-``status --json``, a viewer who sees no patient data and cannot act, and a dead letter requeued
-from the page that reaches the archive. Screenshots of the dashboard and the quarantine page:
-set WEB_SCREENSHOTS_TO_DOCS=1 to write them to docs/ (as committed)."""
+``status --json``, a viewer who sees no patient data and cannot act, a purge that asks first,
+and a dead letter requeued from the page that reaches the archive. Screenshots of the dashboard
+and the quarantine page: set WEB_SCREENSHOTS_TO_DOCS=1 to write them to docs/ (as committed)."""
 
 from __future__ import annotations
 
@@ -206,6 +206,32 @@ def test_screenshots_of_dashboard_and_quarantine(scene: Scene, page: Any,
     if os.environ.get("WEB_SCREENSHOTS_TO_DOCS") == "1":
         for name, shot in shots.items():
             shutil.copyfile(shot, DOCS / name)
+
+
+def test_purge_asks_first_and_a_dismissed_question_purges_nothing(scene: Scene,
+                                                                   page: Any) -> None:
+    log_in(page, scene.base, *ADMIN)
+    page.goto(f"{scene.base}/quarantine")
+    questions: list[str] = []
+
+    def answer(dialog: Any, accept: bool) -> None:
+        questions.append(dialog.message)
+        if accept:
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, accept=False))
+    page.click("button:has-text('Purge')")
+    assert page.locator("#entries tbody tr[data-id]").count() == 1  # still there
+    assert len(scene.gateway.quarantine()) == 2
+    page.once("dialog", lambda dialog: answer(dialog, accept=True))
+    page.click("button:has-text('Purge')")
+    page.wait_for_url(f"{scene.base}/quarantine?notice=purged")
+    assert "Nothing here." in page.inner_text("#entries")
+    assert questions == ["Purge this entry? The instance is deleted for good."] * 2
+    remaining = scene.gateway.quarantine()
+    assert len(remaining) == 1 and remaining[0]["context"].get("dead_letter")
 
 
 def test_requeue_from_the_page_delivers_the_dead_letter(scene: Scene, page: Any) -> None:
