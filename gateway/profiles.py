@@ -1,0 +1,140 @@
+"""Per-destination profiles at run time: one instance de-identified once per distinct profile.
+
+Each profile is the engine with its own policy (one secret: pseudonyms, keyed UIDs and date
+shifts agree across profiles), then its edits (``gateway.deid.edits``) with the values of
+``{label.*}`` and ``{pseudonym.*}``, then the leak guard over every value the edits wrote. A
+failure (leak, missing label, anything the engine refuses) is that profile's alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+
+from gateway.deid import leaks
+from gateway.deid.edits import Edits, apply_edits, study_number
+from gateway.deid.elements import charset_encodings, read_encoded
+from gateway.deid.engine import PATIENT_ID, PATIENT_NAME, STUDY_INSTANCE_UID, Policy, Pseudonym
+from gateway.deidentify import CleanInstance
+from gateway.errors import LeakDetected, unexpected_errors_as_malformed
+from gateway.labels import LabelTable
+from gateway.settings import DEFAULT_PROFILE, Settings
+
+PROFILE_KIND = "profile"  # map rows "<profile>\<patient key>" -> the profile's patient pseudonym
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What applying one profile needs: its policy, its edits and the destinations it feeds."""
+
+    name: str
+    policy: Policy
+    edits: Edits
+    destinations: frozenset[str]
+
+
+def profiles_in_use(settings: Settings) -> list[Profile]:
+    """The distinct profiles the destinations use, in the destinations' order."""
+    return [
+        Profile(name, settings.policy(name), settings.profile(name).edits,
+                frozenset(d.name for d in settings.destinations if d.profile == name))
+        for name in settings.used_profiles()
+    ]
+
+
+def plain(profiles: list[Profile]) -> bool:
+    """Only the [deidentify] profile without edits: the receiving step works as it always did."""
+    return len(profiles) <= 1 and all(p.name == DEFAULT_PROFILE and not p.edits for p in profiles)
+
+
+class Original:
+    """The received instance, read (at most once, and only when an edit needs it) for ``keep``,
+    the label key and the identifiers the leak guard looks for."""
+
+    def __init__(self, part10: Callable[[], bytes]) -> None:
+        self._part10 = part10
+
+    @cached_property
+    def data(self) -> bytes:
+        return self._part10()
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        return dcmread(BytesIO(self.data), stop_before_pixels=True, force=True)
+
+    @cached_property
+    def identifiers(self) -> leaks.Identifiers:
+        instance = read_encoded(self.data)
+        top = {e.tag: e for e in instance.elements}
+        encodings = (charset_encodings(instance.buffer, top[0x00080005]) if 0x00080005 in top
+                     else ("iso8859",))
+        return leaks.collect_identifiers(instance.buffer, instance.elements, top, encodings)
+
+
+def template_values(profile: str, clean: CleanInstance, original: Original, edits: Edits,
+                    labels: LabelTable | None, secret: bytes) -> dict[str, str]:
+    """The values of the template fields for this instance: pseudonyms and, if used, labels."""
+    result = clean.result
+    values = {
+        "profile": profile,
+        "pseudonym.patient_id": result.fact(PATIENT_ID),
+        "pseudonym.study": study_number(secret, result.fact(STUDY_INSTANCE_UID)),
+    }
+    if labels is not None and edits.label_columns():
+        key = original.dataset.get(labels.key, "")
+        values.update(labels.values(str(key.value if hasattr(key, "value") else key or "")))
+    return values
+
+
+def edited(clean: CleanInstance, original: Original, profile: Profile, labels: LabelTable | None,
+           secret: bytes) -> CleanInstance:
+    """``clean`` with the profile's edits applied and guarded; unchanged without edits.
+
+    Raises MissingLabel, LeakDetected (an edit or label brought an identifier back) or
+    MalformedInstance.
+    """
+    if not profile.edits:
+        return clean
+    values = template_values(profile.name, clean, original, profile.edits, labels, secret)
+    with unexpected_errors_as_malformed():
+        output = dcmread(BytesIO(clean.data), force=True)
+        written = apply_edits(output, original.dataset, profile.edits, values)
+        # Values the gateway wrote itself identify nobody, even where the input carried them.
+        own = {v.upper() for v in (values["pseudonym.patient_id"],
+                                   str(output.get(PATIENT_NAME, "") and output[PATIENT_NAME].value))}
+        identifiers = leaks.identifiers_from(set(original.identifiers.values) - own)
+        hits = identifiers.find_in(written)
+        if hits:
+            raise LeakDetected(f"identifying value in {', '.join(sorted(set(hits)))} "
+                               f"(edits of profile {profile.name})")
+        buffer = BytesIO()
+        dcmwrite(buffer, output, enforce_file_format=True)
+    return CleanInstance(clean.result, buffer.getvalue(), clean.transfer_syntax_uid)
+
+
+def map_pairs(profile: str, clean: CleanInstance) -> list[Pseudonym]:
+    """The map's pairs of one profile's copy, with which profile saw the patient."""
+    pairs = list(clean.result.pseudonyms)
+    pairs.extend(Pseudonym(PROFILE_KIND, f"{profile}\\{p.original}", p.pseudonym)  # type: ignore[arg-type]
+                 for p in clean.result.pseudonyms if p.kind == "patient")
+    return pairs
+
+
+def unique_pairs(groups: list[list[Pseudonym]]) -> list[Pseudonym]:
+    """One pair per (kind, original) across profiles (the first profile's, which all share
+    unless a profile maps patients differently: its own pseudonym is in its profile row)."""
+    seen: set[tuple[str, str]] = set()
+    pairs = []
+    for group in groups:
+        for pair in group:
+            if (pair.kind, pair.original) not in seen:
+                seen.add((pair.kind, pair.original))
+                pairs.append(pair)
+    return pairs
+

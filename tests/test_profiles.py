@@ -1,0 +1,276 @@
+"""Per-destination profiles: the configuration, the edits, labels and the leak guard over them."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from deid_helpers import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, SECRET, base_dataset, write
+from test_settings import write_config
+
+from gateway.cli import main
+from gateway.deid.edits import EditError, Edits, Target, apply_edits, parse_target, study_number
+from gateway.deidentify import deidentify_bytes
+from gateway.errors import ConfigError, LeakDetected
+from gateway.labels import MissingLabel
+from gateway.profiles import Original, edited, profiles_in_use
+from gateway.settings import ConfigProblems, load_settings, located_problems
+
+ACCESSION = "ACC12345"
+
+
+def labels_csv(tmp_path: Path, rows: str = f"{ACCESSION},Glioblastoma,TF-0042\n") -> Path:
+    path = tmp_path / "labels.csv"
+    path.write_text("AccessionNumber,diagnosis,case\n" + rows)
+    return path
+
+
+def two_profiles(tmp_path: Path, edits: str = "", labels: bool = True, extra: str = "") -> Path:
+    csv_file = labels_csv(tmp_path)
+    label_table = (f'[labels]\nfile = "{csv_file}"\nkey = "AccessionNumber"\n'
+                   'missing = "quarantine"\n') if labels else ""
+    return write_config(tmp_path, f"""
+[deidentify]
+options = ["retain_long_modified_dates"]
+strict = true
+
+[profiles.teaching]
+options = ["retain_patient_characteristics"]
+
+[profiles.teaching.edits]
+{edits or 'set = { PatientName = "{label.diagnosis}", ClinicalTrialSiteID = "SITE-3" }'}
+
+{label_table}
+{extra}
+[[destinations]]
+name = "research"
+ae_title = "RESEARCH"
+port = 11113
+
+[[destinations]]
+name = "teaching"
+ae_title = "TFS"
+port = 11114
+profile = "teaching"
+""")
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def test_a_profile_inherits_deidentify_and_its_options_replace_the_list(tmp_path):
+    settings = load_settings(two_profiles(tmp_path))
+
+    teaching = settings.profile("teaching")
+    assert teaching.deidentify.options == ("retain_patient_characteristics",)
+    assert teaching.deidentify.strict is True  # inherited
+    assert settings.profile("default").deidentify.options == ("retain_long_modified_dates",)
+    assert [d.profile for d in settings.destinations] == ["default", "teaching"]
+    assert settings.used_profiles() == ("default", "teaching")
+    assert settings.labels is not None and settings.labels.columns == ("diagnosis", "case")
+
+
+def test_every_profile_mistake_is_listed_with_its_key_and_line(tmp_path):
+    path = two_profiles(tmp_path, edits="""remove = ["StudyDat", "(0019,0010)"]
+keep = ["(0019,xx10) GEMS_ACQU_01"]
+set = { PatientName = "{label.diagnosos}", PatientAge = "{patient.name}" }""",
+                        extra='[profiles.unused]\noptions = ["no_such_option"]\n')
+    text = path.read_text()
+    text = text.replace('profile = "teaching"', 'profile = "teachng"')
+    path.write_text(text)
+
+    with pytest.raises(ConfigProblems) as info:
+        load_settings(path)
+    problems = located_problems(info.value, path)
+    by_key = {p.key: p for p in problems}
+
+    assert "'StudyDat' is not a DICOM keyword" in by_key["profiles.teaching.edits.remove[0]"].message
+    assert "needs its creator" in by_key["profiles.teaching.edits.remove[1]"].message
+    assert "has no 'diagnosos' column" in by_key["profiles.teaching.edits.set.PatientName"].message
+    assert "{patient.name} is not a template field" in \
+        by_key["profiles.teaching.edits.set.PatientAge"].message
+    assert "no profile 'teachng'" in by_key["destinations[1].profile"].message
+    assert "no destination uses it" in by_key["profiles.unused"].message
+    assert "unknown option" in by_key["profiles.unused.options[0]"].message
+    lines = text.splitlines()
+    assert lines[by_key["profiles.teaching.edits.remove[0]"].line - 1].startswith("remove =")
+    assert lines[by_key["destinations[1].profile"].line - 1].startswith("profile =")
+    assert lines[by_key["profiles.unused"].line - 1] == "[profiles.unused]"
+
+
+def test_a_mistake_in_deidentify_is_reported_once_not_again_for_each_profile(tmp_path):
+    path = two_profiles(tmp_path)
+    path.write_text(path.read_text().replace("strict = true", 'strict = "yes"'))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert not isinstance(info.value, ConfigProblems)
+    assert str(info.value).startswith("deidentify.strict: expected")
+
+
+def test_labels_file_without_the_key_column_names_the_key(tmp_path):
+    path = two_profiles(tmp_path)
+    (tmp_path / "labels.csv").write_text("Accession,diagnosis,case\nX,Y,Z\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "labels.file:" in str(info.value)
+    assert "no 'AccessionNumber' column" in str(info.value)
+
+
+def test_a_template_over_labels_needs_a_labels_section(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(two_profiles(tmp_path, labels=False))
+    assert str(info.value).startswith("profiles.teaching.edits.set.PatientName: {label.diagnosis} "
+                                      "needs a [labels] section")
+
+
+def test_check_config_prints_profile_problems_with_lines(tmp_path, capsys):
+    path = two_profiles(tmp_path, edits='remove = ["NoSuchKeyword"]')
+    assert main(["check-config", "--config", str(path)]) != 0
+    out = capsys.readouterr().out
+    line = path.read_text().splitlines().index('remove = ["NoSuchKeyword"]') + 1
+    assert f"error: line {line}: profiles.teaching.edits.remove[0]: 'NoSuchKeyword'" in out
+
+
+# --- edits ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "target"), [
+    ("StudyDate", Target(0x00080020)),
+    ("(0008,0020)", Target(0x00080020)),
+    ("(0019,xx10) GEMS_ACQU_01", Target(0x00190010, "GEMS_ACQU_01")),
+])
+def test_targets_by_keyword_tag_and_private_creator(text, target):
+    assert parse_target(text) == target
+
+
+@pytest.mark.parametrize("text", ["SOPInstanceUID", "(0002,0010)", "(0008,xx10) X", "(0019,xx05) X",
+                                  "PixelData"])
+def test_identity_meta_and_non_private_creator_slots_are_not_targets(text):
+    with pytest.raises(EditError):
+        parse_target(text)
+
+
+def test_edits_remove_then_keep_then_set_with_templates():
+    original = pydicom.Dataset()
+    original.BodyPartExamined = "HEAD"
+    block = original.private_block(0x0019, "GEMS_ACQU_01", create=True)
+    block.add_new(0x10, "LO", "kept private")
+    output = pydicom.Dataset()
+    output.StudyDate = "20200101"
+    output.BodyPartExamined = ""
+    edits = Edits(
+        remove=(parse_target("StudyDate"),),
+        keep=(parse_target("BodyPartExamined"), parse_target("(0019,xx10) GEMS_ACQU_01")),
+        set=((parse_target("PatientName"), "{label.diagnosis}"),
+             (parse_target("ClinicalTrialSubjectID"), "{pseudonym.patient_id}-{profile}")),
+    )
+
+    written = apply_edits(output, original, edits, {"label.diagnosis": "Glioma",
+                                                    "pseudonym.patient_id": "ANON1",
+                                                    "profile": "trial"})
+
+    assert "StudyDate" not in output
+    assert output.BodyPartExamined == "HEAD"
+    assert output.private_block(0x0019, "GEMS_ACQU_01")[0x10].value == "kept private"
+    assert output.PatientName == "Glioma"
+    assert output.ClinicalTrialSubjectID == "ANON1-trial"
+    assert ("PatientName", "Glioma") in written
+
+
+def test_study_number_is_eight_keyed_digits():
+    number = study_number(SECRET, "2.25.1")
+    assert len(number) == 8 and number.isdigit()
+    assert number == study_number(SECRET, "2.25.1")
+    assert number != study_number(SECRET, "2.25.2")
+    assert number != study_number(b"another-secret-0123456789", "2.25.1")
+
+
+# --- a profile applied to an instance ----------------------------------------------------------
+
+
+def _instance(accession: str = ACCESSION) -> bytes:
+    ds = base_dataset()
+    ds.AccessionNumber = accession
+    ds.BodyPartExamined = "BRAIN"
+    return write(ds)
+
+
+def _apply(tmp_path: Path, data: bytes, **kwargs: str) -> dict[str, pydicom.Dataset]:
+    settings = load_settings(two_profiles(tmp_path, **kwargs))
+    original = Original(lambda: data)
+    copies = {}
+    for profile in profiles_in_use(settings):
+        clean = deidentify_bytes(data, profile.policy, SECRET)
+        clean = edited(clean, original, profile, settings.labels, SECRET)
+        copies[profile.name] = pydicom.dcmread(BytesIO(clean.data))
+    return copies
+
+
+def test_each_profile_gets_its_options_and_edits_with_shared_pseudonyms(tmp_path):
+    copies = _apply(tmp_path, _instance(), edits="""remove = ["StudyDate"]
+keep = ["BodyPartExamined"]
+[profiles.teaching.edits.set]
+PatientName = "{label.diagnosis}"
+AccessionNumber = "{label.case}"
+StudyID = "{pseudonym.study}"
+ClinicalTrialSiteID = "SITE-3"
+""")
+    research, teaching = copies["default"], copies["teaching"]
+
+    assert teaching.PatientName == "Glioblastoma"
+    assert teaching.AccessionNumber == "TF-0042"
+    assert teaching.ClinicalTrialSiteID == "SITE-3"
+    assert "StudyDate" not in teaching
+    assert teaching.BodyPartExamined == "BRAIN"
+    assert len(teaching.StudyID) == 8 and teaching.StudyID.isdigit()
+    assert "PatientSex" in teaching and teaching.PatientSex  # retain_patient_characteristics
+    assert research.PatientName != "Glioblastoma"
+    assert research.get("ClinicalTrialSiteID") is None
+    assert research.StudyDate != base_dataset().StudyDate  # shifted, not removed
+    for tag in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert research[tag].value == teaching[tag].value
+
+
+def test_a_study_without_a_label_row_is_refused_for_that_profile(tmp_path):
+    with pytest.raises(MissingLabel) as info:
+        _apply(tmp_path, _instance(accession="NOT-IN-CSV"))
+    assert "NOT-IN-CSV" not in str(info.value)
+
+
+def test_missing_empty_gives_empty_labels(tmp_path):
+    path = two_profiles(tmp_path)
+    path.write_text(path.read_text().replace('missing = "quarantine"', 'missing = "empty"'))
+    settings = load_settings(path)
+    data = _instance(accession="NOT-IN-CSV")
+    teaching = profiles_in_use(settings)[1]
+    clean = edited(deidentify_bytes(data, teaching.policy, SECRET), Original(lambda: data),
+                   teaching, settings.labels, SECRET)
+    assert pydicom.dcmread(BytesIO(clean.data)).PatientName == ""
+
+
+def test_a_label_holding_the_patients_name_is_caught_by_the_leak_guard(tmp_path):
+    labels_rows = f"{ACCESSION},{PATIENT_NAME.split('^')[0]} case,TF-1\n"
+    data = _instance()
+    path = two_profiles(tmp_path)
+    labels_csv(tmp_path, labels_rows)
+    settings = load_settings(path)
+    teaching = profiles_in_use(settings)[1]
+    with pytest.raises(LeakDetected) as info:
+        edited(deidentify_bytes(data, teaching.policy, SECRET), Original(lambda: data), teaching,
+               settings.labels, SECRET)
+    message = str(info.value)
+    assert "PatientName" in message and "teaching" in message
+    assert PATIENT_NAME.split("^")[0] not in message
+
+
+@pytest.mark.parametrize("keep", ["PatientID", "PatientBirthDate"])
+def test_keeping_an_identifier_is_caught_by_the_leak_guard(tmp_path, keep):
+    data = _instance()
+    settings = load_settings(two_profiles(tmp_path, edits=f'keep = ["{keep}"]'))
+    teaching = profiles_in_use(settings)[1]
+    with pytest.raises(LeakDetected):
+        edited(deidentify_bytes(data, teaching.policy, SECRET), Original(lambda: data), teaching,
+               settings.labels, SECRET)
+    assert PATIENT_ID and BIRTH_DATE  # the values the guard knows from the original
