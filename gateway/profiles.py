@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
+from gateway import logs
 from gateway.deid import leaks
 from gateway.deid.edits import Edits, apply_edits, study_number
 from gateway.deid.elements import charset_encodings, read_encoded
@@ -26,6 +27,7 @@ from gateway.errors import LeakDetected, unexpected_errors_as_malformed
 from gateway.labels import LabelTable
 from gateway.settings import DEFAULT_PROFILE, Settings
 
+log = logs.get_logger("profiles")
 PROFILE_KIND = "profile"  # map rows "<profile>\<patient key>" -> the profile's patient pseudonym
 
 
@@ -138,3 +140,91 @@ def unique_pairs(groups: list[list[Pseudonym]]) -> list[Pseudonym]:
                 pairs.append(pair)
     return pairs
 
+
+
+@dataclass(frozen=True)
+class ProfileEdit:
+    """A profile's edits as one step after ``deidentify_bytes`` (offline ``anonymize``)."""
+
+    profile: Profile
+    labels: LabelTable | None
+    secret: bytes
+
+    def __call__(self, clean: CleanInstance, data: bytes) -> CleanInstance:
+        return edited(clean, Original(lambda: data), self.profile, self.labels, self.secret)
+
+
+def profile_edit(settings: Settings, name: str) -> ProfileEdit:
+    """KeyError for a profile that does not exist."""
+    profile = Profile(name, settings.policy(name), settings.profile(name).edits,
+                      frozenset(d.name for d in settings.destinations if d.profile == name))
+    return ProfileEdit(profile, settings.labels, settings.require_secret())
+
+
+_ACTION_WORDS = {"X": "remove", "Z": "empty", "D": "dummy value", "C": "clean", "U": "keyed UID",
+                 "K": "keep"}
+
+
+def _action_words(action: str) -> str:
+    words = [_ACTION_WORDS.get(part, part) for part in action.split("/")]
+    return " or ".join(words) + (" (by the IOD's type)" if len(words) > 1 else "")
+
+
+def describe(settings: Settings, name: str) -> list[str]:
+    """What ``profile show`` prints: the options, the patient, then one line per attribute the
+    profile changes, keeps (by an option) or edits, edits last (they come after)."""
+    chosen = settings.profile(name)
+    d = chosen.deidentify
+    policy = settings.policy(name)
+    table = policy.profile
+    lines = [f"profile {name}" + (" ([deidentify])" if name == DEFAULT_PROFILE else ""),
+             f"options: {', '.join(d.options) or '(basic profile only)'}",
+             f"patient: {d.patient.mode}" + (f" ({d.patient.table_file})"
+                                            if d.patient.mode == "table" else ""),
+             f"destinations: {', '.join(_destinations(settings, name)) or '(none)'}",
+             ""]
+    if "retain_long_modified_dates" in d.options:
+        lines.insert(3, f"dates: shifted by {d.date_shift_min_days} to {d.date_shift_max_days} "
+                        "days per patient")
+    rows: dict[int, tuple[str, str]] = {}
+    for tag, action in sorted(table.actions.items()):
+        keyword = table.keywords.get(tag, "")
+        rows[tag] = (keyword, _action_words(action))
+    edits = chosen.edits
+    extra: list[str] = []
+    for target in edits.remove:
+        _edit_row(rows, extra, target.tag, target.private, target.name, "remove (edit)")
+    for target in edits.keep:
+        _edit_row(rows, extra, target.tag, target.private, target.name, "keep original (edit)")
+    for target, template in edits.set:
+        _edit_row(rows, extra, target.tag, target.private, target.name, f"set {template!r} (edit)")
+    for tag, (keyword, words) in rows.items():
+        lines.append(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword:<40} {words}")
+    lines.extend(extra)
+    lines.append(f"private elements (other)                           "
+                 f"{_action_words(table.private_action)}"
+                 + (" (safe list kept)" if "retain_safe_private" in d.options else ""))
+    lines.append(f"curves (50xx,xxxx)                                 {_action_words(table.curve_action)}")
+    lines.append(f"overlay data and comments (60xx,3000/4000)         "
+                 f"{_action_words(table.overlay_action)}")
+    return lines
+
+
+def _destinations(settings: Settings, name: str) -> list[str]:
+    return [d.name for d in settings.destinations if d.profile == name]
+
+
+def announce_keeps(profiles: list[Profile]) -> None:
+    """The user's decisions to keep original values, logged at start-up by keyword."""
+    for profile in profiles:
+        if profile.edits.keep:
+            log.info("profile keeps original values", profile=profile.name,
+                     attributes=[t.name for t in profile.edits.keep])
+
+
+def _edit_row(rows: dict[int, tuple[str, str]], extra: list[str], tag: int, private: bool,
+              name: str, words: str) -> None:
+    if private:
+        extra.append(f"{name:<51} {words}")
+    else:
+        rows[tag] = (name, words)

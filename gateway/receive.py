@@ -24,7 +24,16 @@ from gateway.deidentify import CleanInstance, deidentify_received
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.net.acceptor import Server, ServerConfig, StoreRequest
 from gateway.net.tls import server_context
-from gateway.profiles import Original, Profile, edited, map_pairs, plain, profiles_in_use, unique_pairs
+from gateway.profiles import (
+    Original,
+    Profile,
+    announce_keeps,
+    edited,
+    map_pairs,
+    plain,
+    profiles_in_use,
+    unique_pairs,
+)
 from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
 from gateway.spool import Spool, SpoolEntry, StagedEntry
@@ -146,6 +155,7 @@ class Receiver:
         self.server: Server | None = None
         self.profiles = profiles_in_use(settings)
         self.plain = plain(self.profiles)
+        announce_keeps(self.profiles)
 
     # --- the C-STORE handler (C-ECHO is answered by the upper layer) ---
 

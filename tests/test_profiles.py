@@ -274,3 +274,65 @@ def test_keeping_an_identifier_is_caught_by_the_leak_guard(tmp_path, keep):
         edited(deidentify_bytes(data, teaching.policy, SECRET), Original(lambda: data), teaching,
                settings.labels, SECRET)
     assert PATIENT_ID and BIRTH_DATE  # the values the guard knows from the original
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_anonymize_with_a_named_profile_applies_its_edits(tmp_path, capsys):
+    config = two_profiles(tmp_path)
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(_instance())
+
+    assert main(["anonymize", "--config", str(config), "--profile", "teaching", "--workers", "1",
+                 str(src), str(dst)]) == 0
+
+    (written,) = dst.rglob("*.dcm")
+    ds = pydicom.dcmread(written)
+    assert ds.PatientName == "Glioblastoma"
+    assert ds.ClinicalTrialSiteID == "SITE-3"
+
+
+def test_anonymize_quarantines_a_file_without_a_label_row(tmp_path, capsys):
+    config = two_profiles(tmp_path)
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(_instance(accession="NOT-IN-CSV"))
+
+    main(["anonymize", "--config", str(config), "--profile", "teaching", "--workers", "1",
+          "--json", str(src), str(dst)])
+
+    assert not list(dst.rglob("*.dcm"))
+    (record,) = (tmp_path / "var" / "quarantine").rglob("record.json")
+    assert '"missing-label"' in record.read_text()
+
+
+def test_anonymize_with_an_unknown_profile_names_the_option(tmp_path, capsys):
+    config = two_profiles(tmp_path)
+    assert main(["anonymize", "--config", str(config), "--profile", "teachng",
+                 str(tmp_path), str(tmp_path / "out")]) != 0
+    assert "--profile: no profile 'teachng'" in capsys.readouterr().err
+
+
+def test_profile_show_resolves_options_and_edits(tmp_path, capsys):
+    config = two_profiles(tmp_path, edits="""remove = ["StudyDate", "(0019,xx10) GEMS_ACQU_01"]
+keep = ["BodyPartExamined"]
+set = { PatientName = "{label.diagnosis}" }""")
+
+    assert main(["profile", "show", "--config", str(config), "teaching"]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert "options: retain_patient_characteristics" in out
+    assert "destinations: teaching" in out
+
+    def action(prefix: str) -> str:
+        (line,) = [line for line in out if line.startswith(prefix)]
+        return line[len(prefix):].strip()
+
+    assert action("(0008,0020) StudyDate") == "remove (edit)"
+    assert action("(0018,0015) BodyPartExamined") == "keep original (edit)"
+    assert action("(0010,0010) PatientName") == "set '{label.diagnosis}' (edit)"
+    assert action("(0019,xx10) GEMS_ACQU_01") == "remove (edit)"
+    assert action("(0010,0040) PatientSex") == "keep"  # retain_patient_characteristics
+    assert action("(0010,0020) PatientID") != "keep"
