@@ -684,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = map_commands.add_parser("export", help="write the map as CSV (audited)")
     _add_config(p)
     p.add_argument("--format", choices=["csv"], default="csv", help="output format (csv)")
-    p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift"],
+    p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift", "profile"],
                    help="only entries of this kind (repeat for several; default: all)")
     p.add_argument("--output", help="file to write (created 0600); default standard output")
     p.add_argument("--force", action="store_true", help="replace an existing --output file")
