@@ -217,10 +217,11 @@ class Anonymizer:
     def __init__(
         self, policy: Policy, secret: bytes, open_store: Callable[[], PseudonymStore],
         quarantine: Quarantine, workers: int = 1, pixels: PixelPolicy | None = None,
-        edit: Edit | None = None,
+        edit: Edit | None = None, profile: str = "",
     ) -> None:
         self.policy = policy
         self.edit = edit
+        self.profile = profile  # a named profile's name (for its quarantine records)
         self.pixels = pixels
         self.secret = secret
         self.open_store = open_store
@@ -287,8 +288,10 @@ class Anonymizer:
             return
         # Absolute: `quarantine release` may run from another working directory.
         # Not forced to disk: the original stays in SRC, and the next run finds it again.
-        record = self.quarantine.put(original, str(path), error,
-                                     {"destination": str(dst.resolve())}, durable=False)
+        context = {"destination": str(dst.resolve())}
+        if self.profile:  # released again with the same profile
+            context["profile"] = self.profile
+        record = self.quarantine.put(original, str(path), error, context, durable=False)
         log.warning("quarantined", quarantine_id=record.id, reason=error.reason,
                     error=type(error).__name__)
         summary.quarantined += 1

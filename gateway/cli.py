@@ -113,7 +113,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         edit = profile_edit(settings, _profile_name(settings, args.profile))
     anonymizer = Anonymizer(settings.policy(args.profile), secret, open_store,
                             Quarantine(settings.quarantine_dir), workers=args.workers,
-                            pixels=settings.pixel_policy(), edit=edit)
+                            pixels=settings.pixel_policy(), edit=edit,
+                            profile="" if edit is None else args.profile)
     try:
         progress = _print_progress if sys.stderr.isatty() and not args.json else None
         summary = anonymize_tree(Path(args.src), Path(args.dst), anonymizer, progress)

@@ -109,4 +109,18 @@ def test_one_instance_reaches_two_archives_each_with_its_profile(peers: Peers, t
     assert exported.returncode == 0, exported.stderr
     assert "teaching\\MRN-P1" in exported.stdout
     assert "default\\MRN-P2" in exported.stdout and "teaching\\MRN-P2" not in exported.stdout
+
+    # Labelled afterwards, the quarantined study is released to the teaching archive only.
+    with (gateway.workdir / "labels.csv").open("a") as labels:
+        labels.write("ACC-2,Meningioma,TF-0002\n")
+    (missing,) = [r["id"] for r in gateway.quarantine() if r["reason"] == "missing-label"]
+    released = gateway.cli("quarantine", "release", missing)
+    assert released.returncode == 0, released.stderr
+    assert "destinations of profile teaching" in released.stdout
+    report = gateway.wait_forwarded(len(files) + len(labelled) + len(unlabelled))
+    assert report["destinations"]["research"]["forwarded"] == len(files)
+    assert report["destinations"]["teaching"]["forwarded"] == len(labelled) + len(unlabelled)
+    assert sorted(str(ds.PatientName) for ds in teaching.datasets()) == \
+        ["Glioblastoma", "Glioblastoma", "Meningioma"]
+    assert len(research.files()) == len(files)
     assert gateway.stop() == 0
