@@ -14,14 +14,30 @@ from functools import cached_property
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
 from gateway import logs
 from gateway.deid import leaks
-from gateway.deid.edits import Edits, apply_edits, study_number
-from gateway.deid.elements import charset_encodings, read_encoded
-from gateway.deid.engine import PATIENT_ID, PATIENT_NAME, STUDY_INSTANCE_UID, Policy, Pseudonym
+from gateway.deid.edits import (
+    Edits,
+    Encoded,
+    apply_edits,
+    apply_encoded,
+    same_encoding,
+    study_number,
+)
+from gateway.deid.elements import DEFLATED, PREAMBLE, deflate, file_meta, read_encoded
+from gateway.deid.engine import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    PATIENT_ID,
+    PATIENT_NAME,
+    STUDY_INSTANCE_UID,
+    Policy,
+    Pseudonym,
+)
 from gateway.deidentify import CleanInstance
 from gateway.errors import LeakDetected, unexpected_errors_as_malformed
 from gateway.labels import LabelTable
@@ -67,16 +83,17 @@ class Original:
         return self._part10()
 
     @cached_property
+    def encoded(self) -> Encoded:
+        return Encoded(read_encoded(self.data))
+
+    @cached_property
     def dataset(self) -> Dataset:
         return dcmread(BytesIO(self.data), stop_before_pixels=True, force=True)
 
     @cached_property
     def identifiers(self) -> leaks.Identifiers:
-        instance = read_encoded(self.data)
-        top = {e.tag: e for e in instance.elements}
-        encodings = (charset_encodings(instance.buffer, top[0x00080005]) if 0x00080005 in top
-                     else ("iso8859",))
-        return leaks.collect_identifiers(instance.buffer, instance.elements, top, encodings)
+        e = self.encoded
+        return leaks.collect_identifiers(e.buffer, e.instance.elements, e.top, e.encodings)
 
 
 def template_values(profile: str, clean: CleanInstance, original: Original, edits: Edits,
@@ -89,8 +106,7 @@ def template_values(profile: str, clean: CleanInstance, original: Original, edit
         "pseudonym.study": study_number(secret, result.fact(STUDY_INSTANCE_UID)),
     }
     if labels is not None and edits.label_columns():
-        key = original.dataset.get(labels.key, "")
-        values.update(labels.values(str(key.value if hasattr(key, "value") else key or "")))
+        values.update(labels.values(original.encoded.text(int(tag_for_keyword(labels.key) or 0))))
     return values
 
 
@@ -105,19 +121,37 @@ def edited(clean: CleanInstance, original: Original, profile: Profile, labels: L
         return clean
     values = template_values(profile.name, clean, original, profile.edits, labels, secret)
     with unexpected_errors_as_malformed():
-        output = dcmread(BytesIO(clean.data), force=True)
-        written = apply_edits(output, original.dataset, profile.edits, values)
+        output = Encoded(read_encoded(clean.data))
+        if same_encoding(output.instance, original.encoded.instance):
+            body, written = apply_encoded(output, original.encoded, profile.edits, values)
+            data = _part10(clean, body)
+        else:  # pixels decoded into another encoding: pydicom converts what keep copies
+            data, written = _edited_by_pydicom(clean, original, profile.edits, values)
         # Values the gateway wrote itself identify nobody, even where the input carried them.
-        own = {v.upper() for v in (values["pseudonym.patient_id"],
-                                   str(output.get(PATIENT_NAME, "") and output[PATIENT_NAME].value))}
+        own = {values["pseudonym.patient_id"].upper(), output.text(PATIENT_NAME).upper()}
         identifiers = leaks.identifiers_from(set(original.identifiers.values) - own)
         hits = identifiers.find_in(written)
         if hits:
             raise LeakDetected(f"identifying value in {', '.join(sorted(set(hits)))} "
                                f"(edits of profile {profile.name})")
-        buffer = BytesIO()
-        dcmwrite(buffer, output, enforce_file_format=True)
-    return CleanInstance(clean.result, buffer.getvalue(), clean.transfer_syntax_uid)
+    return CleanInstance(clean.result, data, clean.transfer_syntax_uid)
+
+
+def _part10(clean: CleanInstance, body: list[bytes | memoryview]) -> bytes:
+    syntax = clean.transfer_syntax_uid
+    joined = b"".join(body)
+    meta = file_meta(clean.result.sop_class_uid, clean.sop_instance_uid, syntax,
+                     IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
+    return b"\x00" * PREAMBLE + b"DICM" + meta + (deflate(joined) if syntax == DEFLATED else joined)
+
+
+def _edited_by_pydicom(clean: CleanInstance, original: Original, edits: Edits,
+                       values: dict[str, str]) -> tuple[bytes, list[tuple[str, str]]]:
+    output = dcmread(BytesIO(clean.data), force=True)
+    written = apply_edits(output, original.dataset, edits, values)
+    buffer = BytesIO()
+    dcmwrite(buffer, output, enforce_file_format=True)
+    return buffer.getvalue(), written
 
 
 def map_pairs(profile: str, clean: CleanInstance) -> list[Pseudonym]:

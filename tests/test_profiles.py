@@ -336,3 +336,27 @@ set = { PatientName = "{label.diagnosis}" }""")
     assert action("(0019,xx10) GEMS_ACQU_01") == "remove (edit)"
     assert action("(0010,0040) PatientSex") == "keep"  # retain_patient_characteristics
     assert action("(0010,0020) PatientID") != "keep"
+
+
+def test_private_keep_and_set_find_or_make_the_creators_block(tmp_path):
+    ds = base_dataset()
+    ds.AccessionNumber = ACCESSION
+    for group in (0x0019, 0x0029):  # CT_small's own blocks aside, one more in a free group
+        for slot in range(0x10, 0x100):
+            if (group << 16) | slot not in ds:
+                break
+        ds.add_new((group << 16) | slot, "LO", "EXAMPLE_CREATOR")
+        ds.add_new((group << 16) | (slot << 8) | 0x10, "LO", f"kept {group:04X}")
+    copies = _apply(tmp_path, write(ds), edits="""
+keep = ["(0019,xx10) EXAMPLE_CREATOR", "(0029,xx10) EXAMPLE_CREATOR"]
+set = { "(0029,xx11) EXAMPLE_CREATOR" = "{profile}", "(0031,xx10) OTHER" = "{pseudonym.study}" }""")
+    teaching = copies["teaching"]
+
+    assert teaching.private_block(0x0019, "EXAMPLE_CREATOR")[0x10].value == "kept 0019"
+    block = teaching.private_block(0x0029, "EXAMPLE_CREATOR")
+    assert block[0x10].value == "kept 0029"
+    assert block[0x11].value == "teaching"
+    assert len(teaching.private_block(0x0031, "OTHER")[0x10].value) == 8
+    research = copies["default"]
+    with pytest.raises(KeyError):
+        research.private_block(0x0029, "EXAMPLE_CREATOR")

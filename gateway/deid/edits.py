@@ -22,7 +22,21 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from gateway.deid.elements import (
+    DEFAULT_ENCODINGS,
+    Element,
+    EncodedInstance,
+    Encoding,
+    charset_encodings,
+    element_bytes,
+    encode_value,
+    value_text,
+)
+
 STUDY_NUMBER_DIGITS = 8
+CHARSET_TAG = 0x00080005
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "AT", "FL", "FD", "SL", "SS", "SV",
+                         "UL", "US", "UV"})
 PSEUDONYM_FIELDS = frozenset({"pseudonym.patient_id", "pseudonym.study", "profile"})
 _TAG = re.compile(r"\(\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)")
 _PRIVATE = re.compile(r"\(\s*([0-9A-Fa-f]{4})\s*,\s*[xX]{2}([0-9A-Fa-f]{2})\s*\)\s+(\S.*)")
@@ -223,3 +237,118 @@ def _put(ds: Dataset, target: Target, vr: str, value: object) -> None:
     tag = _private_tag(ds, target, create=True) if target.private else target.tag
     assert tag is not None  # create=True makes the block
     ds.add_new(tag, vr, value)
+
+
+# --- the same on encoded data sets (the gateway's own reader: no pydicom round trip) --------------
+
+
+class Encoded:
+    """A data set as ``read_encoded`` splits it, with its character set, for ``apply_encoded``."""
+
+    def __init__(self, instance: EncodedInstance) -> None:
+        self.instance = instance
+        self.buffer = instance.buffer
+        self.top = {e.tag: e for e in instance.elements}
+        charset = self.top.get(CHARSET_TAG)
+        self.encodings = (DEFAULT_ENCODINGS if charset is None
+                          else charset_encodings(self.buffer, charset))
+
+    def text(self, tag: int) -> str:
+        element = self.top.get(tag)
+        return "" if element is None else value_text(self.buffer, element, self.encodings).strip()
+
+    def block(self, group: int, creator: str) -> int | None:
+        """The block number of ``creator`` in ``group`` (None: not there)."""
+        for slot in range(0x10, 0x100):
+            element = self.top.get((group << 16) | slot)
+            if element is not None and value_text(self.buffer, element, self.encodings).strip() \
+                    == creator:
+                return slot
+        return None
+
+    def free_block(self, group: int, taken: Mapping[int, object]) -> int:
+        for slot in range(0x10, 0x100):
+            if (group << 16) | slot not in taken:
+                return slot
+        raise EditError(f"no free private block in group {group:04X}")
+
+    def tag_of(self, target: Target) -> int | None:
+        if not target.private:
+            return target.tag
+        block = self.block(target.tag >> 16, target.creator)
+        return None if block is None else _in_block(target, block)
+
+
+def _in_block(target: Target, block: int) -> int:
+    group = target.tag >> 16
+    return (group << 16) | (block << 8) | (target.tag & 0xFF)
+
+
+def same_encoding(a: EncodedInstance, b: EncodedInstance) -> bool:
+    """Whether elements of ``a`` can be copied as bytes into ``b``."""
+    return (a.encoding.implicit, a.encoding.little) == (b.encoding.implicit, b.encoding.little)
+
+
+def apply_encoded(output: Encoded, original: Encoded, edits: Edits, values: Mapping[str, str]
+                  ) -> tuple[list[bytes | memoryview], list[tuple[str, str]]]:
+    """``apply_edits`` on encoded data sets of one encoding (``same_encoding``): the output's
+    top-level elements, edited, in tag order, and (name, text) of every value written."""
+    buffer, encoding = output.buffer, output.instance.encoding
+    entries: dict[int, bytes | memoryview] = {
+        e.tag: buffer[e.start : e.end] for e in output.instance.elements}
+    written: list[tuple[str, str]] = []
+    for target in edits.remove:
+        tag = output.tag_of(target)
+        if tag is not None:
+            entries.pop(tag, None)
+    for target in edits.keep:
+        source_tag = original.tag_of(target)
+        element = None if source_tag is None else original.top.get(source_tag)
+        tag = _writable_tag(output, target, entries, encoding)
+        if element is None:
+            entries.pop(tag, None)
+            continue
+        raw = bytearray(original.buffer[element.start : element.end])
+        raw[0:4] = encoding.tag.pack(tag >> 16, tag & 0xFFFF)  # its block may differ here
+        entries[tag] = bytes(raw)
+        written.extend((target.name, text) for text in _texts(original, element))
+    for target, template in edits.set:
+        text = render(template, values)
+        typed = _typed(text, target.vr)
+        value = b"" if typed is None else encode_value(typed, target.vr, encoding, output.encodings)
+        tag = _writable_tag(output, target, entries, encoding)
+        entries[tag] = element_bytes(tag, target.vr, value, encoding)
+        written.append((target.name, text))
+    return [entries[tag] for tag in sorted(entries)], written
+
+
+def _writable_tag(output: Encoded, target: Target, entries: dict[int, bytes | memoryview],
+                  encoding: Encoding) -> int:
+    """The target's tag in the output; a private one's block is made when it is missing."""
+    tag = output.tag_of(target)
+    if tag is not None:
+        return tag
+    group = target.tag >> 16
+    for slot in range(0x10, 0x100):  # a block an earlier edit made
+        creator = entries.get((group << 16) | slot)
+        if creator is not None and bytes(creator[8:]).rstrip(b" \x00").decode("latin-1") \
+                == target.creator:
+            return _in_block(target, slot)
+    slot = output.free_block(group, entries)
+    creator_tag = (group << 16) | slot
+    entries[creator_tag] = element_bytes(
+        creator_tag, "LO", encode_value(target.creator, "LO", encoding, DEFAULT_ENCODINGS), encoding)
+    return _in_block(target, slot)
+
+
+def _texts(source: Encoded, element: Element) -> list[str]:
+    """Every text value of ``element`` (in a sequence: at every level), for the leak guard:
+    dates too, since a kept birth date is an identifier."""
+    if element.items is None:
+        return [value_text(source.buffer, element, source.encodings)] \
+            if element.vr not in _BINARY_VRS else []
+    found = []
+    for item in element.items:
+        for inner in item.elements:
+            found.extend(_texts(source, inner))
+    return found
