@@ -220,10 +220,10 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and its descendants."""
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """CPU time of ``pid`` and its descendants (only its own with ``tree=False``)."""
     total = 0
-    for member in process_tree(pid):
+    for member in process_tree(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -644,7 +644,7 @@ def run_two_archives(workdir: Path, paths: list[Path], parallel: int, named: boo
     with storescp(first_dir) as first, storescp(second_dir) as second:
         extra = SECOND_ARCHIVE.format(port=second, profile="trial" if named else "default")
         with gateway(workdir / "gateway", first, extra=extra + (TRIAL_PROFILE if named else "")) as gw:
-            cpu_before = cpu_seconds(gw.pid)
+            cpu_before, receiving_before = cpu_seconds(gw.pid), cpu_seconds(gw.pid, tree=False)
             started = time.monotonic()
             sent = send_with_storescu(gw.port, "DICOM_GW", shares)
 
@@ -654,9 +654,11 @@ def run_two_archives(workdir: Path, paths: list[Path], parallel: int, named: boo
             wait_until(lambda: arrived() >= len(paths), WAIT)
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(gw.pid) - cpu_before
+            receiving = cpu_seconds(gw.pid, tree=False) - receiving_before
             return Throughput("gateway", parallel, arrived(), elapsed, megabytes, sent,
                               peak_rss_mb=rss_kb(gw.pid) / 1024,
-                              cpu_ms_per_instance=cpu * 1000 / len(paths))
+                              cpu_ms_per_instance=cpu * 1000 / len(paths),
+                              extra={"receiving_cpu_ms": receiving * 1000 / len(paths)})
 
 
 def compare_profiles(workdir: Path, paths: list[Path], parallel: int, rounds: int
@@ -680,6 +682,10 @@ def compare_profiles(workdir: Path, paths: list[Path], parallel: int, rounds: in
         "ratio": round(statistics.median(t.per_second / o.per_second for o, t in pairs), 3),
         "one_profile_cpu_ms": round(statistics.median(o.cpu_ms_per_instance or 0 for o in ones), 2),
         "two_profiles_cpu_ms": round(statistics.median(t.cpu_ms_per_instance or 0 for t in twos), 2),
+        "one_profile_receiving_cpu_ms": round(
+            statistics.median(o.extra["receiving_cpu_ms"] for o in ones), 2),
+        "two_profiles_receiving_cpu_ms": round(
+            statistics.median(t.extra["receiving_cpu_ms"] for t in twos), 2),
         "rounds": [{"one_per_s": round(o.per_second, 1), "two_per_s": round(t.per_second, 1),
                     "one_cpu_ms": round(o.cpu_ms_per_instance or 0, 2),
                     "two_cpu_ms": round(t.cpu_ms_per_instance or 0, 2)} for o, t in pairs],
@@ -808,6 +814,8 @@ def print_table(report: dict[str, object]) -> None:
               f"   {profiles['one_profile_cpu_ms']:6.2f} CPU ms/instance")
         print(f"  two profiles        {profiles['two_profiles_per_s']:9.1f} instances/s"
               f"   {profiles['two_profiles_cpu_ms']:6.2f} CPU ms/instance   (ratio {profiles['ratio']:.3f})")
+        print(f"  receiving process: {profiles['one_profile_receiving_cpu_ms']:.2f} CPU ms/instance "
+              f"with one profile, {profiles['two_profiles_receiving_cpu_ms']:.2f} with two")
     if "soak" in report:
         print(f"\nsoak: {report['soak']}")
     offline = report.get("offline")
