@@ -360,3 +360,27 @@ set = { "(0029,xx11) EXAMPLE_CREATOR" = "{profile}", "(0031,xx10) OTHER" = "{pse
     research = copies["default"]
     with pytest.raises(KeyError):
         research.private_block(0x0029, "EXAMPLE_CREATOR")
+
+
+def test_a_trial_profile_takes_subject_ids_from_its_patient_table(tmp_path):
+    subjects = tmp_path / "subjects.csv"
+    subjects.write_text(f"PatientID,subject ID\n{PATIENT_ID},SUBJ-007\n")
+    data = _instance()
+    config = two_profiles(tmp_path, edits="""
+[profiles.teaching.edits.set]
+ClinicalTrialSubjectID = "{pseudonym.patient_id}"
+ClinicalTrialProtocolID = "EXP-2026-01"
+""", extra=f'[profiles.teaching.patient]\nmode = "table"\ntable_file = "{subjects}"\n')
+    settings = load_settings(config)
+    default, trial = profiles_in_use(settings)
+    assert settings.profile("default").deidentify.patient.mode == "hash"  # not inherited back
+
+    copy = pydicom.dcmread(BytesIO(edited(deidentify_bytes(data, trial.policy, SECRET),
+                                          Original(lambda: data), trial, settings.labels,
+                                          SECRET).data))
+    research = deidentify_bytes(data, default.policy, SECRET).result.dataset
+
+    assert copy.PatientID == copy.ClinicalTrialSubjectID == "SUBJ-007"
+    assert copy.ClinicalTrialProtocolID == "EXP-2026-01"
+    assert research.PatientID != "SUBJ-007"
+    assert copy.StudyInstanceUID == research.StudyInstanceUID
