@@ -358,8 +358,8 @@ class Receiver:
             return OUT_OF_RESOURCES
         status = SUCCESS if self.settings.gateway.on_deidentify_failure == "accept" else error.status
         log.warning("quarantined", quarantine_id=record.id, calling_ae=calling_ae,
-                    reason=error.reason, profile=profile or None, error=type(error).__name__,
-                    status=f"0x{status:04X}")
+                    reason=error.reason, error=type(error).__name__, status=f"0x{status:04X}",
+                    **({"profile": profile} if profile else {}))
         metrics.QUARANTINED.labels(reason=error.reason).inc()
         return status
 

@@ -124,3 +124,7 @@ def test_one_instance_reaches_two_archives_each_with_its_profile(peers: Peers, t
         ["Glioblastoma", "Glioblastoma", "Meningioma"]
     assert len(research.files()) == len(files)
     assert gateway.stop() == 0
+    log = gateway.stderr()
+    assert '"profile": "teaching"' in log and "dropped_fields" not in log
+    for original in ("Smithson", "MRN-P", "ACC-", "Doe"):
+        assert original not in log
