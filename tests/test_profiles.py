@@ -384,3 +384,31 @@ ClinicalTrialProtocolID = "EXP-2026-01"
     assert copy.ClinicalTrialProtocolID == "EXP-2026-01"
     assert research.PatientID != "SUBJ-007"
     assert copy.StudyInstanceUID == research.StudyInstanceUID
+
+
+def test_edits_after_the_pixel_stage_changed_the_encoding_go_through_pydicom(tmp_path):
+    """Pixel cleaning writes explicit VR little endian: an implicit VR original's kept values
+    are converted, not copied as bytes."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from gateway.deidentify import CleanInstance
+
+    ds = base_dataset()
+    ds.AccessionNumber = ACCESSION
+    ds.BodyPartExamined = "BRAIN"
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    data = write(ds)
+    settings = load_settings(two_profiles(tmp_path, edits="""keep = ["BodyPartExamined"]
+set = { PatientName = "{label.diagnosis}" }"""))
+    teaching = profiles_in_use(settings)[1]
+    clean = deidentify_bytes(data, teaching.policy, SECRET)
+    explicit = pydicom.dcmread(BytesIO(clean.data))
+    explicit.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    as_cleaned = CleanInstance(clean.result, write(explicit), ExplicitVRLittleEndian)
+
+    copy = pydicom.dcmread(BytesIO(edited(as_cleaned, Original(lambda: data), teaching,
+                                          settings.labels, SECRET).data))
+
+    assert copy.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert copy.BodyPartExamined == "BRAIN"
+    assert copy.PatientName == "Glioblastoma"
