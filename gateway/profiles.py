@@ -30,6 +30,7 @@ from gateway.deid.edits import (
 )
 from gateway.deid.elements import DEFLATED, PREAMBLE, deflate, file_meta, read_encoded
 from gateway.deid.engine import (
+    DUMMY_TEXT,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     PATIENT_ID,
@@ -128,13 +129,22 @@ def edited(clean: CleanInstance, original: Original, profile: Profile, labels: L
         else:  # pixels decoded into another encoding: pydicom converts what keep copies
             data, written = _edited_by_pydicom(clean, original, profile.edits, values)
         # Values the gateway wrote itself identify nobody, even where the input carried them.
-        own = {values["pseudonym.patient_id"].upper(), output.text(PATIENT_NAME).upper()}
+        own = _own_values(profile.policy) | {values["pseudonym.patient_id"].upper(),
+                                             output.text(PATIENT_NAME).upper()}
         identifiers = leaks.identifiers_from(set(original.identifiers.values) - own)
         hits = identifiers.find_in(written)
         if hits:
             raise LeakDetected(f"identifying value in {', '.join(sorted(set(hits)))} "
                                f"(edits of profile {profile.name})")
     return CleanInstance(clean.result, data, clean.transfer_syntax_uid)
+
+
+def _own_values(policy: Policy) -> set[str]:
+    """What the engine writes itself (as its leak guard ignores them): dummies and fixed names."""
+    patient = policy.patient
+    values = {DUMMY_TEXT, "ANONYMOUS", patient.fixed_id, patient.fixed_name,
+              policy.replacement_institution_name}
+    return {v.upper() for v in values if v}
 
 
 def _part10(clean: CleanInstance, body: list[bytes | memoryview]) -> bytes:

@@ -412,3 +412,16 @@ set = { PatientName = "{label.diagnosis}" }"""))
     assert copy.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert copy.BodyPartExamined == "BRAIN"
     assert copy.PatientName == "Glioblastoma"
+
+
+def test_values_the_gateway_writes_itself_are_no_leak_in_an_already_anonymous_input(tmp_path):
+    ds = base_dataset()
+    ds.AccessionNumber = ACCESSION
+    ds.PatientName = "ANONYMOUS"
+    data = write(ds)
+    settings = load_settings(two_profiles(tmp_path, edits='set = { StudyDescription = "ANONYMOUS case" }'))
+    teaching = profiles_in_use(settings)[1]
+    copy = pydicom.dcmread(BytesIO(edited(deidentify_bytes(data, teaching.policy, SECRET),
+                                          Original(lambda: data), teaching, settings.labels,
+                                          SECRET).data))
+    assert copy.StudyDescription == "ANONYMOUS case"
