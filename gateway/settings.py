@@ -867,7 +867,8 @@ def _set_item(attribute: str, template: object, key: str,
 
 def _check_profile_use(destinations: tuple[Destination, ...], profiles: list[str],
                        root: _Section) -> None:
-    """A destination names a profile that exists; a named profile is used by a destination."""
+    """A destination names a profile that exists; a named profile is used by a destination
+    (when there are destinations: an offline config's profiles are for ``anonymize --profile``)."""
     used = set()
     for index, destination in enumerate(destinations):
         used.add(destination.profile)
@@ -875,7 +876,7 @@ def _check_profile_use(destinations: tuple[Destination, ...], profiles: list[str
             choices = ", ".join([DEFAULT_PROFILE, *sorted(profiles)])
             root.report(ConfigError(f"destinations[{index}].profile: no profile "
                                     f"{destination.profile!r}; there are {choices}"))
-    for name in profiles:
+    for name in profiles if destinations else ():  # without destinations: offline use only
         if name not in used:
             root.report(ConfigError(f"profiles.{name}: no destination uses it; set profile = "
                                     f"{name!r} on one, or remove the profile"))

@@ -425,3 +425,21 @@ def test_values_the_gateway_writes_itself_are_no_leak_in_an_already_anonymous_in
                                           Original(lambda: data), teaching, settings.labels,
                                           SECRET).data))
     assert copy.StudyDescription == "ANONYMOUS case"
+
+
+def test_an_offline_config_without_destinations_may_hold_profiles(tmp_path, capsys):
+    config = write_config(tmp_path, f"""
+[profiles.teaching.edits]
+set = {{ PatientName = "{{label.diagnosis}}" }}
+[labels]
+file = "{labels_csv(tmp_path)}"
+key = "AccessionNumber"
+""")
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(_instance())
+
+    assert main(["anonymize", "--config", str(config), "--profile", "teaching", "--workers", "1",
+                 str(src), str(dst)]) == 0
+    (written,) = dst.rglob("*.dcm")
+    assert pydicom.dcmread(written).PatientName == "Glioblastoma"
