@@ -174,7 +174,8 @@ class GatewayProcess:
 SECRET_HEX = "6b" * 32  # every node of a multi-node run shares it, as a real cluster does
 
 
-def gateway_config(workdir: Path, port: int, archive_port: int, database_url: str = "") -> Path:
+def gateway_config(workdir: Path, port: int, archive_port: int, database_url: str = "",
+                   extra: str = "") -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "gateway.toml"
     config.write_text(f"""
@@ -188,6 +189,7 @@ max_associations = 16
 name = "archive"
 ae_title = "ARCHIVE"
 port = {archive_port}
+{extra}
 """)
     secret = workdir / "var" / "secret.key"
     secret.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -197,9 +199,10 @@ port = {archive_port}
 
 
 @contextmanager
-def gateway(workdir: Path, archive_port: int, database_url: str = "") -> Iterator[GatewayProcess]:
+def gateway(workdir: Path, archive_port: int, database_url: str = "",
+            extra: str = "") -> Iterator[GatewayProcess]:
     port = free_port()
-    config = gateway_config(workdir, port, archive_port, database_url)
+    config = gateway_config(workdir, port, archive_port, database_url, extra)
     with process([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
                  cwd=workdir) as proc:
         if not wait_until(lambda: listening(port), 60):
@@ -218,10 +221,10 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and its descendants."""
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """CPU time of ``pid`` and its descendants (only its own with ``tree=False``)."""
     total = 0
-    for member in process_tree(pid):
+    for member in process_tree(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -633,6 +636,84 @@ def per_instance(loads: list[pgload.Load], instances: int) -> dict[str, float]:
             "instances_per_core_s": round(1000 / cpu_ms) if cpu_ms else 0}
 
 
+# A second archive, with the same profile (one copy, two deliveries) or with a named profile of
+# its own (a second de-identification with edits per instance): the difference is the cost of a
+# second profile.
+SECOND_ARCHIVE = """
+[[destinations]]
+name = "second"
+ae_title = "SECOND"
+port = {port}
+profile = "{profile}"
+"""
+TRIAL_PROFILE = """
+[profiles.trial]
+options = ["retain_patient_characteristics"]
+[profiles.trial.edits]
+remove = ["StudyDate", "SeriesDate"]
+[profiles.trial.edits.set]
+ClinicalTrialSponsorName = "Sponsor"
+ClinicalTrialSubjectID = "{pseudonym.patient_id}"
+ClinicalTrialTimePointID = "{pseudonym.study}"
+"""
+
+
+def run_two_archives(workdir: Path, paths: list[Path], parallel: int, named: bool) -> Throughput:
+    """Instances/s until both archives have every instance, and the gateway's CPU per instance."""
+    shares = split(paths, parallel, workdir / "send")
+    first_dir, second_dir = workdir / "first", workdir / "second"
+    megabytes = sum(p.stat().st_size for p in paths) / 1e6
+    with storescp(first_dir) as first, storescp(second_dir) as second:
+        extra = SECOND_ARCHIVE.format(port=second, profile="trial" if named else "default")
+        with gateway(workdir / "gateway", first, extra=extra + (TRIAL_PROFILE if named else "")) as gw:
+            cpu_before, receiving_before = cpu_seconds(gw.pid), cpu_seconds(gw.pid, tree=False)
+            started = time.monotonic()
+            sent = send_with_storescu(gw.port, "DICOM_GW", shares)
+
+            def arrived() -> int:
+                return min(len(os.listdir(first_dir)), len(os.listdir(second_dir)))
+
+            wait_until(lambda: arrived() >= len(paths), WAIT)
+            elapsed = time.monotonic() - started
+            cpu = cpu_seconds(gw.pid) - cpu_before
+            receiving = cpu_seconds(gw.pid, tree=False) - receiving_before
+            return Throughput("gateway", parallel, arrived(), elapsed, megabytes, sent,
+                              peak_rss_mb=rss_kb(gw.pid) / 1024,
+                              cpu_ms_per_instance=cpu * 1000 / len(paths),
+                              extra={"receiving_cpu_ms": receiving * 1000 / len(paths)})
+
+
+def compare_profiles(workdir: Path, paths: list[Path], parallel: int, rounds: int
+                     ) -> dict[str, object]:
+    """Two archives with one profile against two archives with two profiles (the second with
+    edits), alternating which runs first; medians, and the median of the pairs' ratios."""
+    pairs: list[tuple[Throughput, Throughput]] = []
+    for index in range(rounds):
+        order = (False, True) if index % 2 == 0 else (True, False)
+        runs = {}
+        for named in order:
+            folder = workdir / f"profiles-{index}-{int(named)}"
+            runs[named] = run_two_archives(folder, paths, parallel, named)
+            shutil.rmtree(folder, ignore_errors=True)
+        pairs.append((runs[False], runs[True]))
+    ones, twos = [o for o, _ in pairs], [t for _, t in pairs]
+    return {
+        "associations": parallel, "instances": len(paths),
+        "one_profile_per_s": round(statistics.median(o.per_second for o in ones), 1),
+        "two_profiles_per_s": round(statistics.median(t.per_second for t in twos), 1),
+        "ratio": round(statistics.median(t.per_second / o.per_second for o, t in pairs), 3),
+        "one_profile_cpu_ms": round(statistics.median(o.cpu_ms_per_instance or 0 for o in ones), 2),
+        "two_profiles_cpu_ms": round(statistics.median(t.cpu_ms_per_instance or 0 for t in twos), 2),
+        "one_profile_receiving_cpu_ms": round(
+            statistics.median(o.extra["receiving_cpu_ms"] for o in ones), 2),
+        "two_profiles_receiving_cpu_ms": round(
+            statistics.median(t.extra["receiving_cpu_ms"] for t in twos), 2),
+        "rounds": [{"one_per_s": round(o.per_second, 1), "two_per_s": round(t.per_second, 1),
+                    "one_cpu_ms": round(o.cpu_ms_per_instance or 0, 2),
+                    "two_cpu_ms": round(t.cpu_ms_per_instance or 0, 2)} for o, t in pairs],
+    }
+
+
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -651,10 +732,14 @@ def main() -> int:
     parser.add_argument("--nodes-count", type=int, default=1000,
                         help="instances of the study sent in the nodes comparison (SQLite, PostgreSQL,"
                              " two nodes)")
+    parser.add_argument("--profiles-count", type=int, default=1000,
+                        help="instances of the study sent to two archives with one profile, then"
+                             " with two")
     parser.add_argument("--soak", type=int, default=0,
                         help="also stream this many instances and sample the gateway's RSS")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["throughput", "latency", "offline", "pixels", "nodes", *OPEN_TOOLS])
+                        choices=["throughput", "latency", "offline", "pixels", "nodes", "profiles",
+                                 *OPEN_TOOLS])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
@@ -688,6 +773,9 @@ def main() -> int:
                                           / 1024, 1) for i in range(5)],
                 "peak_rss_mb": round(result.peak_rss_mb or 0, 1),
             }
+        if "profiles" not in args.skip:
+            report["profiles"] = compare_profiles(workdir, paths[: args.profiles_count],
+                                                  args.parallel, args.rounds)
         if "nodes" not in args.skip:
             report["nodes"] = compare_nodes(workdir, paths[: args.nodes_count], args.parallel,
                                             args.rounds)
@@ -745,6 +833,16 @@ def print_table(report: dict[str, object]) -> None:
                   f"{load['instances_per_core_s']} instances/s)")
     elif isinstance(nodes, dict):
         print(f"\nnodes: {nodes['skipped']}")
+    profiles = report.get("profiles")
+    if isinstance(profiles, dict):
+        print(f"\nprofiles: {profiles['instances']} instances to two archives over "
+              f"{profiles['associations']} senders (medians of {len(profiles['rounds'])} rounds)")
+        print(f"  one profile         {profiles['one_profile_per_s']:9.1f} instances/s"
+              f"   {profiles['one_profile_cpu_ms']:6.2f} CPU ms/instance")
+        print(f"  two profiles        {profiles['two_profiles_per_s']:9.1f} instances/s"
+              f"   {profiles['two_profiles_cpu_ms']:6.2f} CPU ms/instance   (ratio {profiles['ratio']:.3f})")
+        print(f"  receiving process: {profiles['one_profile_receiving_cpu_ms']:.2f} CPU ms/instance "
+              f"with one profile, {profiles['two_profiles_receiving_cpu_ms']:.2f} with two")
     if "soak" in report:
         print(f"\nsoak: {report['soak']}")
     offline = report.get("offline")

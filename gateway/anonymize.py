@@ -152,8 +152,11 @@ class Cleaned:
 Outcome = Cleaned | NotDicom | InstanceError | OSError
 
 
+Edit = Callable[[CleanInstance, bytes], CleanInstance]  # a profile's edits (gateway.profiles)
+
+
 def clean_file(path: Path, dst: Path, policy: Policy, secret: bytes,
-               pixels: PixelPolicy | None = None) -> Outcome:
+               pixels: PixelPolicy | None = None, edit: Edit | None = None) -> Outcome:
     """Read, de-identify and write one file (to a temporary name); failures come back as values,
     in the order of the files: whatever one file does, the others are still done (anything
     unexpected comes back as MalformedInstance, to quarantine; MemoryError still stops the run)."""
@@ -164,6 +167,8 @@ def clean_file(path: Path, dst: Path, policy: Policy, secret: bytes,
     try:
         with unexpected_errors_as_malformed():
             clean = deidentify_bytes(data, policy, secret, pixels)
+            if edit is not None:
+                clean = edit(clean, data)
             relative = relative_path(clean)
     except (NotDicom, InstanceError) as exc:
         return exc
@@ -175,12 +180,13 @@ def clean_file(path: Path, dst: Path, policy: Policy, secret: bytes,
                    tuple(clean.result.unhandled))
 
 
-_worker_setup: tuple[Path, Policy, bytes, PixelPolicy | None] | None = None
+_worker_setup: tuple[Path, Policy, bytes, PixelPolicy | None, Edit | None] | None = None
 
 
-def _start_worker(dst: Path, policy: Policy, secret: bytes, pixels: PixelPolicy | None) -> None:
+def _start_worker(dst: Path, policy: Policy, secret: bytes, pixels: PixelPolicy | None,
+                  edit: Edit | None) -> None:
     global _worker_setup
-    _worker_setup = (dst, policy, secret, pixels)
+    _worker_setup = (dst, policy, secret, pixels, edit)
     # Ctrl-C reaches every process of the terminal's group: the parent stops the workers (each
     # finishes its files, whose temporaries the parent then removes).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -211,8 +217,11 @@ class Anonymizer:
     def __init__(
         self, policy: Policy, secret: bytes, open_store: Callable[[], PseudonymStore],
         quarantine: Quarantine, workers: int = 1, pixels: PixelPolicy | None = None,
+        edit: Edit | None = None, profile: str = "",
     ) -> None:
         self.policy = policy
+        self.edit = edit
+        self.profile = profile  # a named profile's name (for its quarantine records)
         self.pixels = pixels
         self.secret = secret
         self.open_store = open_store
@@ -227,14 +236,16 @@ class Anonymizer:
         self._written.clear()  # a new run: earlier runs' outputs may be replaced
         if self.workers == 1 or len(files) < 2 * WORKER_CHUNK:
             self.store = self.open_store()
-            yield from (clean_file(path, dst, self.policy, self.secret, self.pixels) for path in files)
+            yield from (clean_file(path, dst, self.policy, self.secret, self.pixels, self.edit)
+                        for path in files)
             return
         # fork: workers start at once with the policy already in memory. They start before the
         # map is opened, so they never hold its connection, and the parent imports the
         # database library while they work.
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_start_worker,
-                                 initargs=(dst, self.policy, self.secret, self.pixels)) as pool:
+                                 initargs=(dst, self.policy, self.secret, self.pixels,
+                                           self.edit)) as pool:
             chunks = deque(pool.submit(_clean_in_worker, files[start : start + WORKER_CHUNK])
                            for start in range(0, len(files), WORKER_CHUNK))
             current: deque[Outcome] = deque()
@@ -277,8 +288,10 @@ class Anonymizer:
             return
         # Absolute: `quarantine release` may run from another working directory.
         # Not forced to disk: the original stays in SRC, and the next run finds it again.
-        record = self.quarantine.put(original, str(path), error,
-                                     {"destination": str(dst.resolve())}, durable=False)
+        context = {"destination": str(dst.resolve())}
+        if self.profile:  # released again with the same profile
+            context["profile"] = self.profile
+        record = self.quarantine.put(original, str(path), error, context, durable=False)
         log.warning("quarantined", quarantine_id=record.id, reason=error.reason,
                     error=type(error).__name__)
         summary.quarantined += 1

@@ -24,6 +24,7 @@ from gateway.errors import ConfigError, GatewayError, InstanceError, StateError
 from gateway.files import write_private
 from gateway.quarantine import Quarantine, QuarantineRecord
 from gateway.settings import (
+    DEFAULT_PROFILE,
     SECRET_ENV,
     Settings,
     load_settings,
@@ -78,8 +79,25 @@ def cmd_init_secret(args: argparse.Namespace) -> int:
 # --- anonymize ---------------------------------------------------------------------------------
 
 
+def _profile_name(settings: Settings, name: str) -> str:
+    if name != DEFAULT_PROFILE and name not in settings.profiles:
+        names = ", ".join([DEFAULT_PROFILE, *sorted(settings.profiles)])
+        raise ConfigError(f"--profile: no profile {name!r} in the config; there are {names}")
+    return name
+
+
+def cmd_profile_show(args: argparse.Namespace) -> int:
+    from gateway.profiles import describe
+
+    settings = _settings(args)
+    for line in describe(settings, _profile_name(settings, args.name)):
+        print(line)
+    return EXIT_OK
+
+
 def cmd_anonymize(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _profile_name(settings, args.profile)
     secret = settings.require_secret()
     settings.prepare_data_dir()
 
@@ -88,9 +106,15 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
         return PseudonymStore(settings.database_url)
 
-    anonymizer = Anonymizer(settings.policy(), secret, open_store,
+    edit = None
+    if args.profile != DEFAULT_PROFILE:
+        from gateway.profiles import profile_edit
+
+        edit = profile_edit(settings, _profile_name(settings, args.profile))
+    anonymizer = Anonymizer(settings.policy(args.profile), secret, open_store,
                             Quarantine(settings.quarantine_dir), workers=args.workers,
-                            pixels=settings.pixel_policy())
+                            pixels=settings.pixel_policy(), edit=edit,
+                            profile="" if edit is None else args.profile)
     try:
         progress = _print_progress if sys.stderr.isatty() and not args.json else None
         summary = anonymize_tree(Path(args.src), Path(args.dst), anonymizer, progress)
@@ -595,7 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                    help="processes de-identifying in parallel (default: one per core)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, metavar="NAME",
+                   help="a [profiles.NAME] of the config, with its edits (default: [deidentify])")
     p.set_defaults(func=cmd_anonymize)
+
+    pr_parser = commands.add_parser("profile", help="review de-identification profiles")
+    pr_commands = pr_parser.add_subparsers(dest="profile_command", required=True,
+                                           metavar="ACTION", help="show")
+    p = pr_commands.add_parser("show", help="print what a profile does to every attribute it "
+                                            "changes, keeps or edits")
+    _add_config(p)
+    p.add_argument("name", help=f"the profile ({DEFAULT_PROFILE} is [deidentify])")
+    p.set_defaults(func=cmd_profile_show)
 
     p = commands.add_parser("serve", help="run the gateway (until SIGTERM or SIGINT)")
     _add_config(p)
@@ -653,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = map_commands.add_parser("export", help="write the map as CSV (audited)")
     _add_config(p)
     p.add_argument("--format", choices=["csv"], default="csv", help="output format (csv)")
-    p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift"],
+    p.add_argument("--kind", action="append", choices=["patient", "uid", "date_shift", "profile"],
                    help="only entries of this kind (repeat for several; default: all)")
     p.add_argument("--output", help="file to write (created 0600); default standard output")
     p.add_argument("--force", action="store_true", help="replace an existing --output file")

@@ -31,6 +31,7 @@ ALLOWED_FIELDS = frozenset({
     "quarantined", "skipped", "duplicates", "where", "address", "library_logger",
     "dropped_fields", "pid", "exit_code",
     "from_syntax", "to_syntax",  # transfer syntax names (a conversion on the way out)
+    "profile", "attributes",  # a profile's name and the keywords its edits keep (configuration)
 })
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}

@@ -25,6 +25,16 @@ from gateway.deidentify import CleanInstance, deidentify_received
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.net.acceptor import Server, ServerConfig, StoreRequest
 from gateway.net.tls import server_context
+from gateway.profiles import (
+    Original,
+    Profile,
+    announce_keeps,
+    edited,
+    map_pairs,
+    plain,
+    profiles_in_use,
+    unique_pairs,
+)
 from gateway.quarantine import Quarantine
 from gateway.settings import CallerRule, Destination, Settings
 from gateway.spool import Spool, SpoolEntry, StagedEntry
@@ -161,6 +171,9 @@ class Receiver:
         self.quarantine = quarantine
         self.on_spooled = on_spooled
         self.server: Server | None = None
+        self.profiles = profiles_in_use(settings)
+        self.plain = plain(self.profiles)
+        announce_keeps(self.profiles)
 
     # --- the C-STORE handler (C-ECHO is answered by the upper layer) ---
 
@@ -173,6 +186,8 @@ class Receiver:
         # One info line per instance ("spooled", below); the stages before it at debug level.
         log.debug("received", calling_ae=calling_ae, peer=peer, size=size)
         metrics.RECEIVED_BYTES.inc(size)
+        if not self.plain:
+            return self._store_profiles(request, source, peer, started)
         try:
             clean = deidentify_received(request.dataset, request.transfer_syntax, self.policy,
                                         self.secret, self.pixels)
@@ -232,6 +247,104 @@ class Receiver:
         self.on_spooled(entry, excluded)
         return SUCCESS
 
+    # --- several profiles: one copy per profile, each for its own destinations ---
+
+    def _store_profiles(self, request: StoreRequest, source: str, peer: str, started: float) -> int:
+        """De-identify once per profile the destinations use; a profile's failure quarantines
+        only its copy. The answer is success when any copy is spooled, else as for one profile."""
+        calling_ae = request.calling_ae
+        original = Original(lambda: part10_header(request.sop_class_uid, request.sop_instance_uid,
+                                                  request.transfer_syntax) + bytes(request.dataset))
+        copies: list[tuple[Profile, CleanInstance]] = []
+        failures: list[tuple[Profile, InstanceError]] = []
+        for profile in self.profiles:
+            try:
+                clean = deidentify_received(request.dataset, request.transfer_syntax,
+                                            profile.policy, self.secret, self.pixels)
+            except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the instance
+                failures.append((profile, _quarantine_reason(exc)))
+                continue
+            mismatch = command_mismatch(request, clean.result)
+            if mismatch:
+                log.warning("refused: the data set does not match its C-STORE request",
+                            attribute=mismatch, calling_ae=calling_ae, peer=peer,
+                            status=f"0x{DATA_SET_DOES_NOT_MATCH:04X}")
+                return DATA_SET_DOES_NOT_MATCH
+            try:
+                copies.append((profile, edited(clean, original, profile, self.settings.labels,
+                                               self.secret)))
+            except Exception as exc:  # noqa: BLE001
+                failures.append((profile, _quarantine_reason(exc)))
+        status = SUCCESS
+        for profile, error in failures:
+            status = self._quarantine(original.data, source, calling_ae, error, profile.name)
+            if status == OUT_OF_RESOURCES:
+                return status
+        if copies:
+            status = self._spool_copies(copies, calling_ae, peer, started)
+        metrics.DEIDENTIFY_SECONDS.observe(time.perf_counter() - started)
+        return status
+
+    def _spool_copies(self, copies: list[tuple[Profile, CleanInstance]], calling_ae: str,
+                      peer: str, started: float) -> int:
+        """Each copy a spool entry, done (filtered) for every destination but its profile's."""
+        first = copies[0][1].result
+        routing = Routing(first.modality, first.sop_class_uid, calling_ae)
+        destinations = self.settings.destinations
+        excluded = routing.excluded_from(destinations)
+        counts = {(RECEIVED, ""): 1}
+        counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
+        pairs = unique_pairs([map_pairs(profile.name, clean) for profile, clean in copies])
+        mapped = self.store.record_later(pairs, counts)
+        staged: list[tuple[StagedEntry, frozenset[str]]] = []
+
+        def discard() -> None:
+            for entry, _ in staged:
+                with contextlib.suppress(OSError):
+                    entry.discard()
+
+        try:
+            try:
+                for profile, clean in copies:
+                    done = excluded | frozenset(d.name for d in destinations
+                                                if d.name not in profile.destinations)
+                    staged.append((self.spool.stage(clean.chunks, clean.result.sop_class_uid,
+                                                    clean.transfer_syntax_uid,
+                                                    clean.sop_instance_uid), done))
+            except (StateError, OSError):
+                discard()
+                with contextlib.suppress(StateError):
+                    mapped.wait()
+                    self._uncount(counts)
+                raise
+            try:
+                mapped.wait()
+            except StateError:
+                discard()
+                raise
+            try:  # every row first: a restart must not send a copy to another profile's archive
+                self.deliveries.record((entry.id, name, FILTERED)
+                                       for entry, done in staged for name in done)
+                published = [(entry.publish(), done) for entry, done in staged]
+            except (StateError, OSError):
+                discard()
+                self._uncount(counts)
+                raise
+        except (StateError, OSError) as exc:
+            log.error("not persisted", sop_instance_uid=first.sop_instance_uid,
+                      error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
+            return OUT_OF_RESOURCES
+        for (profile, clean), (spooled, done) in zip(copies, published, strict=True):
+            log.info("spooled", sop_instance_uid=clean.sop_instance_uid, entry_id=spooled.id,
+                     size=spooled.size, profile=profile.name, calling_ae=calling_ae, peer=peer,
+                     duration_ms=_ms(started))
+            self.on_spooled(spooled, done)
+        metrics.RECEIVED.labels(calling_ae=calling_ae).inc()
+        for name in excluded:
+            log.info("filtered", sop_instance_uid=first.sop_instance_uid, destination=name)
+            metrics.FILTERED.labels(destination=name).inc()
+        return SUCCESS
+
     def _stage(self, clean: CleanInstance, mapped: PendingRecord,
                counts: dict[tuple[str, str], int]) -> StagedEntry:
         """The spool file, written; when that fails the counts committed with the map are
@@ -251,9 +364,11 @@ class Receiver:
         except StateError as exc:
             log.warning("received count not corrected", error=type(exc).__name__)
 
-    def _quarantine(self, data: bytes, source: str, calling_ae: str, error: InstanceError) -> int:
+    def _quarantine(self, data: bytes, source: str, calling_ae: str, error: InstanceError,
+                    profile: str = "") -> int:
+        context = {"received_by": "serve", **({"profile": profile} if profile else {})}
         try:
-            record = self.quarantine.put(data, source, error, {"received_by": "serve"})
+            record = self.quarantine.put(data, source, error, context)
             self.deliveries.count({(QUARANTINED, ""): 1}, durable=True)
         except (GatewayError, OSError) as exc:
             log.error("not persisted", calling_ae=calling_ae, error=type(exc).__name__,
@@ -261,7 +376,8 @@ class Receiver:
             return OUT_OF_RESOURCES
         status = SUCCESS if self.settings.gateway.on_deidentify_failure == "accept" else error.status
         log.warning("quarantined", quarantine_id=record.id, calling_ae=calling_ae,
-                    reason=error.reason, error=type(error).__name__, status=f"0x{status:04X}")
+                    reason=error.reason, error=type(error).__name__, status=f"0x{status:04X}",
+                    **({"profile": profile} if profile else {}))
         metrics.QUARANTINED.labels(reason=error.reason).inc()
         return status
 

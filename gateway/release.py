@@ -1,7 +1,8 @@
 """Releasing quarantine entries: each goes back the way it came.
 
 - from the offline command: de-identified again into the folder it was meant for (or ``--to``);
-- from the network: de-identified again into the spool, for every destination;
+- from the network: de-identified again into the spool, for every destination, or, when it
+  failed for one profile (``context.profile``), with that profile for its destinations only;
 - a dead letter (already de-identified): back into the spool as it is, for its destination only
   (de-identifying it again would re-key its UIDs a second time).
 
@@ -16,10 +17,10 @@ from pathlib import Path
 from gateway.anonymize import output_path, write_atomically
 from gateway.deid.elements import read_encoded
 from gateway.deid.engine import SOP_CLASS_UID
-from gateway.deidentify import deidentify_bytes
+from gateway.deidentify import CleanInstance, deidentify_bytes
 from gateway.errors import InstanceError, MalformedInstance, NotDicom
 from gateway.quarantine import Quarantine, QuarantineRecord
-from gateway.settings import Settings
+from gateway.settings import DEFAULT_PROFILE, Settings
 from gateway.spool import Spool
 from gateway.state import NOT_ADDRESSED, Deliveries, PseudonymStore
 
@@ -38,7 +39,10 @@ class Releaser:
             if record.context.get("dead_letter"):
                 where = self._respool_dead_letter(data, str(record.context["destination"]))
             elif to is not None or "destination" in record.context:
-                where = self._to_folder(data, to or Path(str(record.context["destination"])))
+                where = self._to_folder(data, to or Path(str(record.context["destination"])),
+                                        str(record.context.get("profile", DEFAULT_PROFILE)))
+            elif "profile" in record.context:
+                where = self._to_profile_destinations(data, str(record.context["profile"]))
             else:
                 where = self._to_spool(data)
         except NotDicom as exc:
@@ -50,9 +54,27 @@ class Releaser:
         self.quarantine.remove(record.id)
         return where
 
-    def _to_folder(self, data: bytes, folder: Path) -> str:
-        clean = deidentify_bytes(data, self.settings.policy(), self.settings.require_secret(),
+    def _profile(self, data: bytes, name: str) -> CleanInstance:
+        """``data`` de-identified with the profile ``name`` and its edits."""
+        from gateway.profiles import profile_edit
+
+        if name != DEFAULT_PROFILE and name not in self.settings.profiles:
+            raise MalformedInstance(f"the profile {name!r} is no longer in the config")
+        clean = deidentify_bytes(data, self.settings.policy(name), self.settings.require_secret(),
                                  self.settings.pixel_policy())
+        return profile_edit(self.settings, name)(clean, data)
+
+    def _to_profile_destinations(self, data: bytes, name: str) -> str:
+        clean = self._profile(data, name)
+        entry = Spool(self.settings.spool_dir).prepare().put(
+            clean.data, clean.result.sop_class_uid, clean.transfer_syntax_uid)
+        others = [d.name for d in self.settings.destinations if d.profile != name]
+        self.deliveries.record((entry.id, other, NOT_ADDRESSED) for other in others)
+        self.store.record(clean.result.pseudonyms)
+        return f"spool (destinations of profile {name})"
+
+    def _to_folder(self, data: bytes, folder: Path, profile: str = DEFAULT_PROFILE) -> str:
+        clean = self._profile(data, profile)
         write_atomically(output_path(folder, clean), clean.data, durable=True)
         self.store.record(clean.result.pseudonyms)
         return str(folder)

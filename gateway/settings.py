@@ -19,6 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydicom.datadict import tag_for_keyword
+
+from gateway.deid.edits import EditError, Edits, Target, parse_set_value, parse_target
 from gateway.deid.engine import PatientPolicy, Policy
 from gateway.deid.private import SafePrivateList, parse_user_list, standard_safe_private
 from gateway.deid.profile import build_profile
@@ -26,6 +29,7 @@ from gateway.deid.uids import DEFAULT_ROOT, MAX_UID_LENGTH
 from gateway.deid.vocabulary import load_user_words
 from gateway.errors import ConfigError, SecretError, StateError
 from gateway.files import write_private
+from gateway.labels import MISSING_CHOICES, LabelTable, read_label_rows
 from gateway.pixels.policy import PixelPolicy
 from gateway.pixels.rules import RuleSet, load_rules
 
@@ -35,6 +39,7 @@ SECRET_BYTES = 32
 _AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # printable ASCII but backslash
 _UID_ROOT = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
 T = TypeVar("T")
+DEFAULT_PROFILE = "default"  # the profile [deidentify] describes
 
 
 class Secret:
@@ -67,6 +72,7 @@ class Destination:
 
     tls: bool = False  # forward over TLS, verifying the archive with [tls].ca_certificates
     tls_server_name: str = ""  # name in the archive's certificate; default: host
+    profile: str = DEFAULT_PROFILE  # the de-identification profile of its copies
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,15 @@ class DeidentifySettings:
     )
 
 
+@dataclass(frozen=True)
+class ProfileSettings:
+    """A named profile: [deidentify] with its own keys, and the edits applied after it."""
+
+    name: str
+    deidentify: DeidentifySettings
+    edits: Edits = Edits()
+
+
 PIXEL_UNMATCHED = ("quarantine", "ocr", "pass")
 
 
@@ -220,6 +235,8 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
     pixels: PixelSettings | None = None  # None: no [pixels] section, no pixel cleaning
+    profiles: Mapping[str, ProfileSettings] = field(default_factory=dict)  # the named ones
+    labels: LabelTable | None = None
     secret: Secret | None = None
     source: Path | None = None
 
@@ -265,9 +282,19 @@ class Settings:
             return None
         return PixelPolicy(rules=p.rules, unmatched=p.unmatched, fill=p.fill)  # type: ignore[arg-type]
 
-    def policy(self) -> Policy:
-        """The de-identification policy these settings describe (for the pure engine)."""
-        d = self.deidentify
+    def profile(self, name: str = DEFAULT_PROFILE) -> ProfileSettings:
+        """A profile by name; ``default`` is [deidentify] (KeyError for an unknown name)."""
+        if name == DEFAULT_PROFILE:
+            return ProfileSettings(DEFAULT_PROFILE, self.deidentify)
+        return self.profiles[name]
+
+    def used_profiles(self) -> tuple[str, ...]:
+        """The profiles the destinations use, each once, in the destinations' order."""
+        return tuple(dict.fromkeys(d.profile for d in self.destinations))
+
+    def policy(self, profile: str = DEFAULT_PROFILE) -> Policy:
+        """The de-identification policy of a profile (for the pure engine)."""
+        d = self.profile(profile).deidentify
         safe = standard_safe_private().union(d.user_safe_private)
         return Policy(
             profile=build_profile(d.options),
@@ -650,6 +677,7 @@ def _read_destination(section: _Section, names: set[str]) -> Destination:
         tls_server_name=section.get("tls_server_name", str, ""),
         sop_classes=_string_list(section, "sop_classes"),
         calling_aes=_string_list(section, "calling_aes"),
+        profile=section.get("profile", str, "") or DEFAULT_PROFILE,
     )
     section.finish()
     return destination
@@ -708,7 +736,11 @@ def _read_deidentify(section: _Section) -> DeidentifySettings:
     option_keys = tuple(
         _string_item(v, section.key(f"options[{i}]")) for i, v in enumerate(options)
     )
-    build_profile(option_keys)  # validates names and combinations, naming the key
+    try:
+        build_profile(option_keys)  # validates names and combinations, naming the key
+    except ConfigError as exc:  # it names them as [deidentify]'s; a profile's are its own
+        raise ConfigError(str(exc).replace("deidentify.options", section.key("options"), 1)) \
+            from exc
     uid_root = section.get("uid_root", str, "") or DEFAULT_ROOT
     if not _UID_ROOT.fullmatch(uid_root) or len(uid_root) > MAX_UID_LENGTH - 20:
         raise ConfigError(
@@ -755,6 +787,129 @@ def _read_deidentify(section: _Section) -> DeidentifySettings:
     )
     section.finish()
     return result
+
+
+def _read_labels(section: _Section) -> LabelTable:
+    key = section.get("key", str, "")
+    if not key or tag_for_keyword(key) is None:
+        raise ConfigError(f"{section.key('key')}: {key!r} is not a DICOM keyword; name the "
+                          "original attribute whose value picks the row, e.g. AccessionNumber")
+    missing = section.get("missing", str, "quarantine")
+    if missing not in MISSING_CHOICES:
+        raise ConfigError(f"{section.key('missing')}: {missing!r} is not one of "
+                          f"{', '.join(MISSING_CHOICES)}")
+    path = _optional_path(section.get("file", str, ""))
+    if path is None:
+        raise ConfigError(f"{section.key('file')}: missing; give a CSV file with a header row")
+    columns, rows = read_label_rows(path, key, section.key("file"))
+    section.finish()
+    return LabelTable(path, key, missing, tuple(c for c in columns if c != key), rows)
+
+
+def _merged(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """``own`` over ``base``: tables merged key by key, anything else (lists too) replaced."""
+    result = dict(base)
+    for key, value in own.items():
+        inherited = result.get(key)
+        if isinstance(value, dict) and isinstance(inherited, dict):
+            result[key] = _merged(inherited, value)
+        else:
+            result[key] = value
+    return result
+
+
+def _read_profiles(data: Mapping[str, Any], root: _Section,
+                   labels: LabelTable | None) -> dict[str, ProfileSettings]:
+    """Each ``[profiles.NAME]``: [deidentify] with the profile's own keys over it, and edits.
+    A mistake in an inherited key is reported once, under [deidentify]."""
+    tables = root.section("profiles")
+    base = data.get("deidentify", {})
+    profiles: dict[str, ProfileSettings] = {}
+    for name in list(tables.data):
+        raw = tables.get(name, dict, {})
+        prefix = tables.key(name)
+        if name == DEFAULT_PROFILE or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+            root.report(ConfigError(f"{prefix}: {name!r} cannot be a profile's name (letters, "
+                                    f"digits, _ and -; {DEFAULT_PROFILE!r} is [deidentify])"))
+            continue
+        own = {k: v for k, v in raw.items() if k != "edits"}
+        found: list[ConfigError] = []
+        section = _Section(_merged(base if isinstance(base, dict) else {}, own), prefix, found)
+        deidentify = section.attempt(lambda: _read_deidentify(section), None)  # noqa: B023
+        root.problems.extend(p for p in found if _own_key(as_problem(p).key, prefix) in own)
+        edits = _read_edits(_Section(raw.get("edits", {}) if isinstance(raw.get("edits"), dict)
+                                     else {}, f"{prefix}.edits", root.problems), labels)
+        if deidentify is not None:
+            profiles[name] = ProfileSettings(name, deidentify, edits)
+    return profiles
+
+
+def _own_key(key: str, prefix: str) -> str:
+    """The profile's key a problem is about: ``options`` of ``profiles.x.options[0]``."""
+    return _INDEX.sub("", key.removeprefix(prefix + ".").split(".")[0])
+
+
+def _read_edits(section: _Section, labels: LabelTable | None) -> Edits:
+    def targets(name: str) -> tuple[Target, ...]:
+        found = []
+        for index, text in enumerate(section.get(name, list, [])):
+            key = section.key(f"{name}[{index}]")
+            parsed = section.attempt(lambda: _target(_string_item(text, key), key), None)  # noqa: B023
+            if parsed is not None:
+                found.append(parsed)
+        return tuple(found)
+
+    remove, keep = targets("remove"), targets("keep")
+    sets = []
+    for attribute, template in section.get("set", dict, {}).items():
+        key = section.key(f"set.{attribute}")
+        item = section.attempt(lambda: _set_item(attribute, template, key, labels), None)  # noqa: B023
+        if item is not None:
+            sets.append(item)
+    section.finish()
+    return Edits(remove, keep, tuple(sets))
+
+
+def _target(text: str, key: str) -> Target:
+    try:
+        return parse_target(text)
+    except EditError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
+def _set_item(attribute: str, template: object, key: str,
+              labels: LabelTable | None) -> tuple[Target, str]:
+    if not isinstance(template, str):
+        raise ConfigError(f"{key}: expected a string, got {type(template).__name__}")
+    target = _target(attribute, key)
+    try:
+        parse_set_value(target, template)
+    except EditError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+    for column in sorted(Edits(set=((target, template),)).label_columns()):
+        if labels is None:
+            raise ConfigError(f"{key}: {{label.{column}}} needs a [labels] section with a CSV file")
+        if column not in labels.columns:
+            raise ConfigError(f"{key}: {{label.{column}}}: {labels.file} has no {column!r} column "
+                              f"(it has {', '.join(labels.columns) or 'only the key'})")
+    return target, template
+
+
+def _check_profile_use(destinations: tuple[Destination, ...], profiles: list[str],
+                       root: _Section) -> None:
+    """A destination names a profile that exists; a named profile is used by a destination
+    (when there are destinations: an offline config's profiles are for ``anonymize --profile``)."""
+    used = set()
+    for index, destination in enumerate(destinations):
+        used.add(destination.profile)
+        if destination.profile != DEFAULT_PROFILE and destination.profile not in profiles:
+            choices = ", ".join([DEFAULT_PROFILE, *sorted(profiles)])
+            root.report(ConfigError(f"destinations[{index}].profile: no profile "
+                                    f"{destination.profile!r}; there are {choices}"))
+    for name in profiles if destinations else ():  # without destinations: offline use only
+        if name not in used:
+            root.report(ConfigError(f"profiles.{name}: no destination uses it; set profile = "
+                                    f"{name!r} on one, or remove the profile"))
 
 
 def _read_pixels(section: _Section) -> PixelSettings:
@@ -846,6 +1001,11 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
     if any(d.tls for d in destinations) and tls.ca_certificates is None:
         root.report(ConfigError("tls.ca_certificates: a destination with tls = true needs the CA "
                                 "that signed the archive's certificate"))
+    labels = root.attempt(lambda: _read_labels(root.section("labels")), None) \
+        if "labels" in data else None
+    profiles = _read_profiles(data, root, labels)
+    declared = data.get("profiles", {})
+    _check_profile_use(destinations, list(declared) if isinstance(declared, dict) else [], root)
     root.finish()
     secret = root.attempt(lambda: _read_secret(gateway), None)
     _raise_problems(root.problems)
@@ -859,6 +1019,8 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
         metrics=metrics,
         web=web,
         pixels=pixels,
+        profiles=profiles,
+        labels=labels,
         secret=secret,
         source=source,
     )
