@@ -111,6 +111,10 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         from gateway.profiles import profile_edit
 
         edit = profile_edit(settings, _profile_name(settings, args.profile))
+        kept = settings.profile(args.profile).edits.keep
+        if kept:  # the user's decision to pass originals on, said at start as serve logs it
+            print(f"profile {args.profile} keeps the original values of "
+                  f"{', '.join(t.name for t in kept)}", file=sys.stderr)
     anonymizer = Anonymizer(settings.policy(args.profile), secret, open_store,
                             Quarantine(settings.quarantine_dir), workers=args.workers,
                             pixels=settings.pixel_policy(), edit=edit,

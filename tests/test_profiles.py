@@ -294,6 +294,18 @@ def test_anonymize_with_a_named_profile_applies_its_edits(tmp_path, capsys):
     assert ds.ClinicalTrialSiteID == "SITE-3"
 
 
+def test_anonymize_says_which_original_values_a_profile_keeps(tmp_path, capsys):
+    config = two_profiles(tmp_path, edits='keep = ["BodyPartExamined", "StudyDescription"]\n'
+                                         'set = { PatientName = "{label.diagnosis}" }')
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(_instance())
+    assert main(["anonymize", "--config", str(config), "--profile", "teaching", "--workers", "1",
+                 str(src), str(dst)]) == 0
+    assert ("profile teaching keeps the original values of BodyPartExamined, StudyDescription"
+            in capsys.readouterr().err)
+
+
 def test_anonymize_quarantines_a_file_without_a_label_row(tmp_path, capsys):
     config = two_profiles(tmp_path)
     src, dst = tmp_path / "in", tmp_path / "out"
