@@ -78,3 +78,21 @@ def test_the_meta_group_is_walked_not_trusted() -> None:
 def test_what_is_not_a_part10_file_is_malformed(data: bytes) -> None:
     with pytest.raises(MalformedInstance):
         part10_dataset(data)
+
+
+def test_every_spool_write_is_synced_before_it_is_an_entry(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durability is not traded for speed: each entry's file (new, or a forwarded one written
+    over) is fsynced, then the folder after the rename, before ``put`` returns."""
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    spool = Spool(tmp_path / "spool").prepare(owner=True)
+    data = part10_header(CT, "1.2.3.4", EXPLICIT_LE) + dataset_bytes()
+    first = spool.put(data, CT, EXPLICIT_LE, "1.2.3.4")
+    spool.remove(first.id)  # its file is now kept to be written over
+    second = spool.put(data, CT, EXPLICIT_LE, "1.2.3.5")
+    assert len(synced) == 4  # file, folder; file, folder
+    assert second.path.read_bytes() == data
