@@ -102,6 +102,9 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_temporaries(tmp_path: Path) -> N
             assert process.poll() is None and time.monotonic() < deadline, "did not get there"
             time.sleep(0.02)
         os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole group
+        # The main thread must see the interrupt before the held worker is let go: on a loaded
+        # machine it may not run at once, and the work left could then finish first (exit 0).
+        time.sleep(1.0)
         with open(fifo, "wb"):
             pass  # lets the held worker go on (an empty file: skipped)
         _, err = process.communicate(timeout=60)
