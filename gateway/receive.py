@@ -145,6 +145,17 @@ def _quarantine_reason(exc: Exception) -> InstanceError:
     return MalformedInstance(f"unexpected {type(exc).__name__} while de-identifying")
 
 
+def _same_failures(failures: list[tuple[Profile, InstanceError]]
+                   ) -> list[tuple[tuple[str, ...], InstanceError]]:
+    """Failures grouped by what failed: an original that fails alike under several profiles
+    (a malformed instance fails under every one) is quarantined once, for all of them."""
+    groups: dict[tuple[type, str], tuple[list[str], InstanceError]] = {}
+    for profile, error in failures:
+        names, _ = groups.setdefault((type(error), str(error)), ([], error))
+        names.append(profile.name)
+    return [(tuple(names), error) for names, error in groups.values()]
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -276,8 +287,8 @@ class Receiver:
             except Exception as exc:  # noqa: BLE001
                 failures.append((profile, _quarantine_reason(exc)))
         status = SUCCESS
-        for profile, error in failures:
-            status = self._quarantine(original.data, source, calling_ae, error, profile.name)
+        for names, error in _same_failures(failures):
+            status = self._quarantine(original.data, source, calling_ae, error, names)
             if status == OUT_OF_RESOURCES:
                 return status
         if copies:
@@ -365,8 +376,10 @@ class Receiver:
             log.warning("received count not corrected", error=type(exc).__name__)
 
     def _quarantine(self, data: bytes, source: str, calling_ae: str, error: InstanceError,
-                    profile: str = "") -> int:
-        context = {"received_by": "serve", **({"profile": profile} if profile else {})}
+                    profiles: tuple[str, ...] = ()) -> int:
+        context: dict[str, object] = {"received_by": "serve"}
+        if profiles:
+            context["profiles"] = list(profiles)
         try:
             record = self.quarantine.put(data, source, error, context)
             self.deliveries.count({(QUARANTINED, ""): 1}, durable=True)
@@ -377,7 +390,7 @@ class Receiver:
         status = SUCCESS if self.settings.gateway.on_deidentify_failure == "accept" else error.status
         log.warning("quarantined", quarantine_id=record.id, calling_ae=calling_ae,
                     reason=error.reason, error=type(error).__name__, status=f"0x{status:04X}",
-                    **({"profile": profile} if profile else {}))
+                    **({"profile": ",".join(profiles)} if profiles else {}))
         metrics.QUARANTINED.labels(reason=error.reason).inc()
         return status
 

@@ -2,7 +2,8 @@
 
 - from the offline command: de-identified again into the folder it was meant for (or ``--to``);
 - from the network: de-identified again into the spool, for every destination, or, when it
-  failed for one profile (``context.profile``), with that profile for its destinations only;
+  failed under named profiles (``context.profiles``), once per profile, each copy for that
+  profile's destinations only;
 - a dead letter (already de-identified): back into the spool as it is, for its destination only
   (de-identifying it again would re-key its UIDs a second time).
 
@@ -25,6 +26,13 @@ from gateway.spool import Spool
 from gateway.state import NOT_ADDRESSED, Deliveries, PseudonymStore
 
 
+def profiles_of(record: QuarantineRecord) -> list[str]:
+    """The profiles an original was quarantined under by serve ("profile" in older records)."""
+    if "profiles" in record.context:
+        return [str(name) for name in record.context["profiles"]]
+    return [str(record.context["profile"])] if "profile" in record.context else []
+
+
 @dataclass
 class Releaser:
     settings: Settings
@@ -41,8 +49,8 @@ class Releaser:
             elif to is not None or "destination" in record.context:
                 where = self._to_folder(data, to or Path(str(record.context["destination"])),
                                         str(record.context.get("profile", DEFAULT_PROFILE)))
-            elif "profile" in record.context:
-                where = self._to_profile_destinations(data, str(record.context["profile"]))
+            elif profiles_of(record):
+                where = self._to_each_profile(record, data, profiles_of(record))
             else:
                 where = self._to_spool(data)
         except NotDicom as exc:
@@ -63,6 +71,20 @@ class Releaser:
         clean = deidentify_bytes(data, self.settings.policy(name), self.settings.require_secret(),
                                  self.settings.pixel_policy())
         return profile_edit(self.settings, name)(clean, data)
+
+    def _to_each_profile(self, record: QuarantineRecord, data: bytes, names: list[str]) -> str:
+        """A copy per profile the original failed under; when one still fails, the entry keeps
+        only the profiles not yet released (a second release must not send a copy twice)."""
+        released: list[str] = []
+        for index, name in enumerate(names):
+            try:
+                released.append(self._to_profile_destinations(data, name))
+            except (InstanceError, NotDicom):
+                if released:
+                    record.context.pop("profile", None)
+                    record.context["profiles"] = names[index:]
+                raise
+        return "; ".join(released)
 
     def _to_profile_destinations(self, data: bytes, name: str) -> str:
         clean = self._profile(data, name)
