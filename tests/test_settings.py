@@ -83,6 +83,30 @@ def test_example_config_loads_with_its_defaults(tmp_path, monkeypatch):
     assert d.quarantine_burned_in_annotation and not settings.policy().quarantine_burned_in_annotation
 
 
+def test_the_example_configs_commented_second_profile_loads_when_uncommented(tmp_path, monkeypatch):
+    """What the example tells an administrator to uncomment is a working profile."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "secret.key").write_text(SECRET_HEX + "\n")
+    (tmp_path / "config").mkdir()
+    shutil.copy(EXAMPLE_CONFIG.parent / "pixel-rules.toml", tmp_path / "config")
+    text = EXAMPLE_CONFIG.read_text()
+    start = text.index("# A second archive with a profile of its own")
+    block = text[start:].splitlines()[2:]
+    assert block and all(line.startswith("#") for line in block)
+    config = tmp_path / "gateway.toml"
+    config.write_text(text[:start] + "\n".join(line[2:] for line in block) + "\n")
+
+    settings = load_settings(config)
+
+    assert [(d.name, d.profile) for d in settings.destinations] == [
+        ("archive", "default"), ("teaching", "teaching")]
+    teaching = settings.profile("teaching")
+    assert teaching.deidentify.options == ("retain_patient_characteristics",)
+    assert [target.tag for target in teaching.edits.remove] == [0x00080020, 0x00080021]
+    settings.policy("teaching")
+
+
 def test_example_config_without_its_secret_file_names_the_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config").mkdir()
