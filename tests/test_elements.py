@@ -147,3 +147,58 @@ def test_a_deflated_instance_de_identified_has_an_even_length_data_set() -> None
     assert output.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
     assert len(b"".join(result.chunks[1:])) % 2 == 0
     assert output.PixelData == pydicom.dcmread(path).PixelData
+
+
+# --- what an explicit VR header means is worked out once per attribute and VR ------------------
+
+
+def _explicit(group: int, number: int, vr: bytes, value: bytes) -> bytes:
+    return (group.to_bytes(2, "little") + number.to_bytes(2, "little") + vr
+            + len(value).to_bytes(2, "little") + value)
+
+
+def _read(data: bytes) -> list[Element]:
+    return Reader(memoryview(data), EXPLICIT_LITTLE).read(0, len(data))
+
+
+def test_a_header_read_before_does_not_excuse_a_bad_value_of_the_same_attribute() -> None:
+    rows = _explicit(0x0028, 0x0010, b"US", b"\x00\x02")
+    assert [e.tag for e in _read(rows)] == [0x00280010]
+    with pytest.raises(MalformedInstance, match="not a multiple of its VR US"):
+        _read(_explicit(0x0028, 0x0010, b"US", b"\x00\x02\x00"))
+    uid = _explicit(0x0008, 0x0018, b"UI", b"1.2.3\x00")
+    assert [e.vr for e in _read(uid)] == ["UI"]
+    with pytest.raises(MalformedInstance, match="characters other than digits"):
+        _read(_explicit(0x0008, 0x0018, b"UI", b"1.2.X\x00"))
+
+
+def test_a_vr_that_contradicts_the_dictionary_is_refused_each_time() -> None:
+    assert [e.vr for e in _read(_explicit(0x0008, 0x0018, b"UI", b"1.2\x00"))] == ["UI"]
+    for _ in range(2):
+        with pytest.raises(MalformedInstance, match="contradicts the data dictionary"):
+            _read(_explicit(0x0008, 0x0018, b"FD", bytes(8)))
+    for _ in range(2):
+        with pytest.raises(MalformedInstance, match="invalid VR"):
+            _read(_explicit(0x0008, 0x0018, b"Q1", b"1.2\x00"))
+
+
+def test_a_known_attribute_sent_as_un_is_read_and_checked_as_its_dictionary_vr() -> None:
+    def as_un(value: bytes) -> bytes:  # Rows, VR UN: 2 reserved bytes and a 32-bit length
+        return b"\x28\x00\x10\x00UN\x00\x00" + len(value).to_bytes(4, "little") + value
+
+    (rows,) = _read(as_un(b"\x00\x02"))
+    assert (rows.vr, rows.value_start, rows.end) == ("US", 12, 14)
+    with pytest.raises(MalformedInstance, match="not a multiple of its VR US"):
+        _read(as_un(b"\x00\x02\x00"))
+
+
+def test_endless_made_up_private_headers_are_read_with_a_bounded_memory() -> None:
+    from gateway.deid.elements import MAX_PLANS, Encoding
+
+    encoding = Encoding(implicit=False, little=True)
+    count = MAX_PLANS + 1000
+    data = b"".join(_explicit(0x0009 + 2 * (n >> 16), n & 0xFFFF, b"LO", b"AB")
+                    for n in range(0x1000, 0x1000 + count))
+    read = Reader(memoryview(data), encoding).read(0, len(data))
+    assert len(read) == count
+    assert len(encoding.plans) <= MAX_PLANS

@@ -69,17 +69,20 @@ _LATIN_9 = {"ISO_IR 203": "iso8859_15", "ISO 2022 IR 203": "iso8859_15"}  # unkn
 class Encoding:
     """Byte order and VR explicitness of one level of a data set, with its struct formats."""
 
-    __slots__ = ("implicit", "little", "tag", "us", "ul", "order", "header")
+    __slots__ = ("implicit", "little", "tag", "us", "ul", "order", "header", "plans")
 
     def __init__(self, implicit: bool, little: bool) -> None:
         self.implicit, self.little = implicit, little
         self.order = "<" if little else ">"
-        # An element header as (group, element, VR bytes, length); implicit VR has no VR bytes
-        # (b"" in their place) and a 32-bit length.
-        self.header = struct.Struct(self.order + ("HH0sL" if implicit else "HH2sH"))
+        # An element header: (group, element, length) in implicit VR; (group, element, VR,
+        # 16-bit length) in explicit VR, the VR's two characters read as one number.
+        self.header = struct.Struct(self.order + ("HHL" if implicit else "HHHH"))
         self.tag = struct.Struct(self.order + "HH")
         self.us = struct.Struct(self.order + "H")
         self.ul = struct.Struct(self.order + "L")
+        # What an explicit VR header means, by (tag << 16 | VR code): worked out once per
+        # attribute and VR, since every instance of a series repeats the same headers.
+        self.plans: dict[int, Plan] = {}
 
 
 EXPLICIT_LITTLE = Encoding(implicit=False, little=True)
@@ -202,6 +205,36 @@ def _check_value(buffer: bytes | memoryview, tag: int, vr: str, value_start: int
         raise MalformedInstance(f"{_tag_name(tag)}: a UID with characters other than digits and dots")
 
 
+# (VR to treat the element as, VR as labelled, length field, value check): the check is the
+# value's part size (FIXED_SIZES), -1 for a UID's characters, 0 for none. A UN element of a known
+# attribute is labelled as the dictionary's VR (the one its value is checked and read as).
+Plan = tuple[str, str, int, int]
+LENGTH_16, LENGTH_32, LENGTH_UN = 0, 1, 2  # explicit VR: a 16-bit length, 32-bit, 32-bit UN
+_CHECKS = {**FIXED_SIZES, "UI": -1}
+MAX_PLANS = 65536  # distinct (attribute, VR) headers remembered; made-up private tags are endless
+
+
+def _plan(plans: dict[int, Plan], tag: int, vr_code: int, encoding: Encoding) -> Plan:
+    """What an explicit VR header means; MalformedInstance for a VR that is none, or one that
+    changes what the attribute's value means (see ``reconciled_vr``). Only valid plans are kept."""
+    vr = _VR_NAMES.get(vr_code.to_bytes(2, "little" if encoding.little else "big"), "")
+    if not vr:
+        raise MalformedInstance("an element has an invalid VR (wrong transfer syntax?)")
+    if vr == "UN":
+        # A UN element of a known attribute is read as what it is (a sequence: implicit VR).
+        treated = dictionary_vr(tag)
+        plan: Plan = (treated, treated, LENGTH_UN, _CHECKS.get(treated, 0))
+    else:
+        reconciled = reconciled_vr(tag, vr)
+        if reconciled is None:
+            raise MalformedInstance(f"{_tag_name(tag)}: the VR {vr} contradicts the data dictionary")
+        plan = (reconciled, vr, LENGTH_32 if vr in VR_32 else LENGTH_16, _CHECKS.get(vr, 0))
+    if len(plans) >= MAX_PLANS:
+        plans.clear()
+    plans[(tag << 16) | vr_code] = plan
+    return plan
+
+
 def _tag_name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
@@ -230,14 +263,17 @@ class Reader:
         implicit, unpack_header, unpack_ul = (encoding.implicit, encoding.header.unpack_from,
                                               encoding.ul.unpack_from)
         elements: list[Element] = []
-        append, new_element, vr_names, vr_32 = elements.append, Element, _VR_NAMES, VR_32
+        append, new_element, plans = elements.append, Element, encoding.plans
         data_set, previous = self.data_set, -1
         while position < end:
             start = position
             if position + 8 > end:
                 raise MalformedInstance("trailing bytes after the last element (truncated or corrupt)")
-            # implicit: group, element, 32-bit length; explicit: group, element, VR, 16-bit length
-            group, number, vr_bytes, length = unpack_header(buffer, position)
+            if implicit:  # group, element, 32-bit length
+                group, number, length = unpack_header(buffer, position)
+                vr_code = 0
+            else:  # group, element, VR, 16-bit length
+                group, number, vr_code, length = unpack_header(buffer, position)
             tag = (group << 16) | number
             if group == 0xFFFE:
                 if in_item and tag == ITEM_END:
@@ -250,37 +286,28 @@ class Reader:
                 previous = tag
             value_start = position + 8
             if implicit:
-                vr = dictionary_vr(tag)
+                vr = labelled = dictionary_vr(tag)
+                check = _CHECKS.get(vr, 0)
             else:
-                vr = vr_names.get(vr_bytes, "")
-                if not vr:
-                    raise MalformedInstance("an element has an invalid VR (wrong transfer syntax?)")
-                if vr in vr_32:
+                plan = plans.get((tag << 16) | vr_code) or _plan(plans, tag, vr_code, encoding)
+                vr, labelled, length_field, check = plan
+                if length_field:
                     (length,) = unpack_ul(buffer, position + 8)
                     value_start = position + 12
-                    if vr == "UN":
-                        if length == UNDEFINED or dictionary_vr(tag) == "SQ":
-                            # A sequence sent as UN: its items are implicit VR (PS3.5 6.2.2).
-                            element, position = self._sequence(tag, start, value_start, length,
-                                                               IMPLICIT_LITTLE, encodings, depth)
-                            if group != META_GROUP or not data_set:
-                                append(element)
-                            else:
-                                self.dropped_meta = True
-                            continue
-                        vr = dictionary_vr(tag)  # a known attribute is read as what it is
-            labelled = vr
-            if not implicit:
-                reconciled = reconciled_vr(tag, vr)
-                if reconciled is None:
-                    raise MalformedInstance(f"{_tag_name(tag)}: the VR {vr} contradicts the data "
-                                            "dictionary")
-                vr = reconciled
+                    if length_field == LENGTH_UN and (length == UNDEFINED or vr == "SQ"):
+                        # A sequence sent as UN: its items are implicit VR (PS3.5 6.2.2).
+                        element, position = self._sequence(tag, start, value_start, length,
+                                                           IMPLICIT_LITTLE, encodings, depth)
+                        if group != META_GROUP or not data_set:
+                            append(element)
+                        else:
+                            self.dropped_meta = True
+                        continue
             if length != UNDEFINED and vr != "SQ":  # the usual case: a value of known length
                 position = value_start + length
                 if position > end:
                     raise MalformedInstance("truncated: an element is shorter than its length")
-                if labelled in FIXED_SIZES or labelled == "UI":  # as a reader of the copy sees it
+                if check and (check < 0 or length % check):  # as a reader of the copy sees it
                     _check_value(buffer, tag, labelled, value_start, position)
                 element = new_element(tag, vr, start, value_start, position)
                 if tag == CHARSET_TAG:
