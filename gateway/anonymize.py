@@ -16,9 +16,11 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +46,7 @@ log = logs.get_logger("anonymize")
 
 MAP_BATCH = 200  # files whose pseudonyms are written to the map in one transaction
 WORKER_CHUNK = 16  # files handed to a worker process at a time
+INTERRUPT_CHECK_SECONDS = 0.25  # how long a wait for a worker may miss a remembered Ctrl-C
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 Progress = Callable[[int, int], None]
@@ -231,6 +234,21 @@ class Anonymizer:
         self._pending: list[Pseudonym] = []
         self._pending_files = 0
         self._written: set[str] = set()
+        self.interrupted: threading.Event | None = None  # set by Ctrl-C (see remembered_interrupt)
+
+    def check_interrupted(self) -> None:
+        if self.interrupted is not None and self.interrupted.is_set():
+            raise KeyboardInterrupt
+
+    def _chunk_result(self, future: Future[list[Outcome]]) -> list[Outcome]:
+        """A worker's chunk, waited for in short steps so that a remembered Ctrl-C stops the
+        wait."""
+        while True:
+            self.check_interrupted()
+            try:
+                return future.result(timeout=INTERRUPT_CHECK_SECONDS)
+            except FutureTimeout:
+                continue
 
     def outcomes(self, files: list[Path], dst: Path) -> Generator[Outcome, None, None]:
         self._written.clear()  # a new run: earlier runs' outputs may be replaced
@@ -252,7 +270,7 @@ class Anonymizer:
             try:
                 self.store = self.open_store()
                 while chunks:
-                    current = deque(chunks[0].result())
+                    current = deque(self._chunk_result(chunks[0]))
                     chunks.popleft()  # taken: its memory goes with it
                     while current:
                         yield current.popleft()
@@ -342,16 +360,53 @@ class Anonymizer:
         self._pending_files = 0
 
 
+@contextlib.contextmanager
+def remembered_interrupt() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt where it lands, as usual, and is also remembered: Python
+    drops an exception raised inside a finalizer or a weakref callback (a collected database
+    connection's, say), so the run checks the event between files and while it waits.
+
+    Only in the main thread and where Ctrl-C is not ignored (a job started with ``nohup ... &``
+    keeps ignoring it)."""
+    interrupted = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield interrupted
+        return
+
+    def on_interrupt(_signum: int, _frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def anonymize_tree(
     src: Path, dst: Path, anonymizer: Anonymizer, progress: Progress | None = None
 ) -> Summary:
     check_folders(src, dst)
     files = list(iter_files(src))
     summary = Summary(files_in=len(files))
+    with remembered_interrupt() as interrupted:
+        anonymizer.interrupted = interrupted
+        try:
+            _anonymize_files(files, dst, anonymizer, summary, progress)
+        finally:
+            anonymizer.interrupted = None
+    return summary
+
+
+def _anonymize_files(files: list[Path], dst: Path, anonymizer: Anonymizer, summary: Summary,
+                     progress: Progress | None) -> None:
     outcomes = anonymizer.outcomes(files, dst)
     try:
         for done, (path, outcome) in enumerate(zip(files, outcomes, strict=True), start=1):
             try:
+                anonymizer.check_interrupted()
                 anonymizer.take(outcome, path, dst, summary)
             except BaseException:
                 _discard([outcome], ())  # not renamed into place: not left behind
@@ -361,4 +416,3 @@ def anonymize_tree(
     finally:
         outcomes.close()  # if it ended early: stops the workers, removes what they wrote
         anonymizer.flush()  # what was taken is in DST, also after Ctrl-C: its pairs are mapped
-    return summary

@@ -12,9 +12,14 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
+from gateway.anonymize import Anonymizer, anonymize_tree
 from gateway.cli import main
+from gateway.deid.engine import Policy
+from gateway.deid.profile import build_profile
+from gateway.quarantine import Quarantine
 from gateway.state import PseudonymStore
 
 NAMES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "SC_rgb_rle.dcm",
@@ -158,3 +163,50 @@ def test_ctrl_c_right_after_an_output_is_in_place_still_maps_it(tmp_path: Path, 
         assert [e.kind for e in store.lookup(uid)] == ["uid"]
     finally:
         store.close()
+
+
+class _CollectedDuringCtrlC:
+    """An object whose finalizer is running when Ctrl-C comes: Python drops the
+    KeyboardInterrupt raised there (it goes to sys.unraisablehook, not to the run)."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    src, dst = tmp_path / "src", tmp_path / "out"
+    for copy in range(8):  # 48 files: two workers are used
+        folder = src / f"set{copy}"
+        folder.mkdir(parents=True)
+        for name in NAMES:
+            shutil.copy(get_testdata_file(name), folder / name)
+    dropped: list[type[BaseException] | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+    # As in a terminal (a test run in the background may have Ctrl-C ignored).
+    monkeypatch.setattr(signal, "getsignal", lambda _s: signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    anonymizer = Anonymizer(Policy(build_profile()), b"k" * 32, lambda: _NoMap(),
+                            Quarantine(tmp_path / "quarantine"), workers=workers)
+
+    def progress(done: int, _total: int) -> None:
+        if done == 3:
+            _CollectedDuringCtrlC()  # collected at once, Ctrl-C inside its finalizer
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            anonymize_tree(src, dst, anonymizer, progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert dropped == [KeyboardInterrupt]  # Python did drop it where it landed
+    assert len(list(dst.rglob("*.dcm"))) == 3  # the run stopped at the next file
+    assert [p for p in dst.rglob("*") if p.name.endswith(".tmp")] == []
+
+
+class _NoMap:
+    def record(self, pseudonyms: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
