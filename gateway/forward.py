@@ -4,10 +4,11 @@ forwarding process: ``gateway/forward_process.py``).
 Each sender keeps one association open while work is queued (``gateway/net/requestor.py``, in the
 sender's own thread), sends batches and releases the association when idle. For each instance it
 proposes the stored transfer syntax and, when ``forward.convert`` and a conversion exists, a
-second context with the native syntaxes it converts to (``gateway/transcode.py``): bytes go out
-as they were spooled when the archive takes the stored syntax, converted in memory otherwise
-(and audited). Transient failures back off exponentially with jitter; permanent refusals and
-instances past the retry age become dead letters in the quarantine.
+second context with the native syntaxes it converts to (``gateway/syntaxes.py``; converted by
+``gateway/transcode.py``): bytes go out as they were spooled when the archive takes the stored
+syntax, converted in memory otherwise (and audited). Transient failures back off exponentially
+with jitter; permanent refusals and instances past the retry age become dead letters in the
+quarantine.
 
 No head-of-line blocking: an instance whose C-STORE fails (the archive aborts, drops the
 connection, does not answer, or answers 0xA7xx) gets a strike and goes to the back of the queue,
@@ -28,10 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from pydicom.uid import UID
-
-from gateway import logs, metrics
-from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from gateway import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, logs, metrics
 from gateway.errors import ConversionFailed, DeliveryRefused, GatewayError, MalformedInstance
 from gateway.net.pdu import (
     CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED,
@@ -53,9 +51,8 @@ from gateway.quarantine import ORIGINAL, Quarantine
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import DEAD, DEAD_LETTERED, FORWARDED, SENT, Deliveries
-from gateway.transcode import (
+from gateway.syntaxes import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    convert,
     fallback_syntaxes,
     pad_deflated,
     syntax_name,
@@ -113,6 +110,8 @@ def proposals(entry: SpoolEntry, convert: bool) -> tuple[Proposal, ...]:
 
 def sop_class_name(uid: str) -> str:
     """A SOP class's keyword (``CTImageStorage``), or its UID if unknown."""
+    from pydicom.uid import UID  # for a refusal's reason: not loaded while all goes well
+
     return UID(uid).keyword or uid
 
 
@@ -455,6 +454,8 @@ class Forwarder(threading.Thread):
             return Attempt(Outcome.REFUSED, self._no_context_reason(assoc, entry))
         converted = None
         if syntax != stored:
+            from gateway.transcode import convert  # pydicom and the codecs: only when converting
+
             try:
                 dataset = memoryview(convert(dataset, stored, syntax))
             except ConversionFailed as exc:

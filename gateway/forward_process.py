@@ -36,6 +36,7 @@ from gateway.errors import GatewayError, StateError
 from gateway.forward import Dispatcher
 from gateway.health import Check
 from gateway.quarantine import Quarantine
+from gateway.resources import limit_malloc_arenas
 from gateway.settings import DeidentifySettings, Settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import Deliveries
@@ -64,14 +65,19 @@ class Report:
     database_ok: bool = True  # its last state flush succeeded
 
 
+def forwarding_settings(settings: Settings) -> Settings:
+    """What the forwarding process is given: it never sees original data (no key, no patient
+    table, no labels, no pixel rules) and needs no profile, so it never loads the engine."""
+    return dataclasses.replace(settings, secret=None, deidentify=DeidentifySettings(), pixels=None,
+                               profiles={}, labels=None)
+
+
 class ForwardProcess:
     """The serving process's side: starts the forwarding process, hands it new entries, starts
     it again if it ends by itself, and stops it."""
 
     def __init__(self, settings: Settings, spool: Spool) -> None:
-        # It never sees original data: no key, no patient table, no pixel rules.
-        self.settings = dataclasses.replace(settings, secret=None, deidentify=DeidentifySettings(),
-                                            pixels=None)
+        self.settings = forwarding_settings(settings)
         self.spool = spool
         self.names = [d.name for d in settings.destinations]
         self.report = Report({n: 0 for n in self.names}, {n: 0.0 for n in self.names}, "")
@@ -203,6 +209,7 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(settings.logging.level, settings.logging.format)
+    limit_malloc_arenas()
     Forwarding(settings, conn).run()
 
 

@@ -14,9 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydicom.uid import UID
-from pynetdicom import sop_class as pynetdicom_sop_class
-from pynetdicom.service_class import StorageServiceClass
+from pydicom.uid import UID, UID_dictionary
 
 from gateway import logs, metrics
 from gateway.deid.elements import PREAMBLE, file_meta
@@ -100,14 +98,17 @@ def uid_syntax(uid: str) -> bool:
 
 @lru_cache(maxsize=1024)
 def storage_sop_class(uid: str) -> bool:
-    """Every storage SOP class, private and unknown ones too: what pynetdicom accepts with
-    ``UNRESTRICTED_STORAGE_SERVICE`` (only the non-storage SOP classes it knows are refused)."""
+    """Every storage SOP class (non-patient objects such as hanging protocols too), private and
+    unknown ones as well (a newer standard's): only what the UID dictionary names as something
+    else is refused (Verification, queries, worklists, print, storage commitment, well-known
+    instances, transfer syntaxes)."""
     if not uid_syntax(uid):
         return False
-    u = UID(uid)
-    return (u.is_private
-            or pynetdicom_sop_class.uid_to_service_class(u) is StorageServiceClass
-            or not hasattr(pynetdicom_sop_class, u.keyword))
+    entry = UID_dictionary.get(uid)
+    if entry is None or not entry[0]:
+        return True
+    name, kind = entry[0], entry[1]
+    return kind == "SOP Class" and "Storage" in name and "Storage Commitment" not in name
 
 
 @lru_cache(maxsize=256)

@@ -1,4 +1,5 @@
-"""Operating-system limits the configuration needs: file descriptors.
+"""Operating-system limits the configuration needs: file descriptors, and how the C library's
+allocator keeps memory.
 
 Each association (and each connection that has not associated yet) holds a socket, each store
 in progress a spool file, the database pool and the forwarders a few more. At the limit the
@@ -8,10 +9,18 @@ the configuration needs at start-up, and ``check-config`` says when the hard lim
 
 from __future__ import annotations
 
+import ctypes
+import os
 import resource
 
 from gateway.settings import Settings
 
+# glibc gives each thread that allocates its own arena (up to 8 per core), and what one thread
+# frees stays in its arena for that thread. With a thread per association and half a megabyte
+# instances passing through each, resident memory grows with every thread that ever received.
+# Two arenas shared by all threads keep it near what is in use (measured: see bench/README.md).
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
 BASE_DESCRIPTORS = 128  # listener, logs, database pool, metrics, the forwarding process's pipe
 
 
@@ -44,3 +53,16 @@ def check_descriptor_limit(settings: Settings) -> None:
             f"the file-descriptor limit is {hard} and gateway.max_associations and "
             f"gateway.max_pending_connections need {needed}; raise it (LimitNOFILE= in the "
             "systemd unit, --ulimit nofile= for Docker, `ulimit -n` in a shell) or lower them")
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (before threads start); False where that cannot be done (another
+    C library) or the administrator chose a value (``MALLOC_ARENA_MAX`` in the environment)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, arenas))

@@ -24,7 +24,7 @@ from gateway.forward_process import ForwardProcess
 from gateway.health import NODE_FILE, HealthMonitor, Probes
 from gateway.quarantine import Quarantine
 from gateway.receive import Receiver
-from gateway.resources import descriptors_needed, raise_descriptor_limit
+from gateway.resources import descriptors_needed, limit_malloc_arenas, raise_descriptor_limit
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import Deliveries, PseudonymStore
@@ -190,6 +190,7 @@ def refuse_unusable_tls_files(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
     logs.configure(settings.logging.level, settings.logging.format)
+    limit_malloc_arenas()
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:

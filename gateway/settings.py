@@ -17,12 +17,8 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydicom.datadict import tag_for_keyword
-
-from gateway.deid.edits import EditError, Edits, Target, parse_set_value, parse_target
-from gateway.deid.engine import PatientPolicy, Policy
 from gateway.deid.private import SafePrivateList, parse_user_list, standard_safe_private
 from gateway.deid.profile import build_profile
 from gateway.deid.uids import DEFAULT_ROOT, MAX_UID_LENGTH
@@ -30,8 +26,14 @@ from gateway.deid.vocabulary import load_user_words
 from gateway.errors import ConfigError, SecretError, StateError
 from gateway.files import write_private
 from gateway.labels import MISSING_CHOICES, LabelTable, read_label_rows
-from gateway.pixels.policy import PixelPolicy
-from gateway.pixels.rules import RuleSet, load_rules
+
+# The engine's modules, and pydicom with them, are imported where they are used: the forwarding
+# process reads these settings too, and never loads what it does not need (memory).
+if TYPE_CHECKING:
+    from gateway.deid.edits import Edits, Target
+    from gateway.deid.engine import Policy
+    from gateway.pixels.policy import PixelPolicy
+    from gateway.pixels.rules import RuleSet
 
 SECRET_ENV = "DICOM_GATEWAY_SECRET"
 MIN_SECRET_BYTES = 16
@@ -208,7 +210,19 @@ class ProfileSettings:
 
     name: str
     deidentify: DeidentifySettings
-    edits: Edits = Edits()
+    edits: Edits = field(default_factory=lambda: _no_edits())
+
+
+def _no_edits() -> Edits:
+    from gateway.deid.edits import Edits
+
+    return Edits()
+
+
+def _no_rules() -> RuleSet:
+    from gateway.pixels.rules import RuleSet
+
+    return RuleSet((), "")
 
 
 PIXEL_UNMATCHED = ("quarantine", "ocr", "pass")
@@ -221,7 +235,7 @@ class PixelSettings:
     rules_file: Path | None = None
     unmatched: str = "quarantine"  # at-risk instance that no rule matches
     fill: int = 0
-    rules: RuleSet = field(default=RuleSet((), ""), repr=False)
+    rules: RuleSet = field(default_factory=lambda: _no_rules(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,8 @@ class Settings:
 
     def pixel_policy(self) -> PixelPolicy | None:
         """How burned-in text is removed (None: no [pixels] section)."""
+        from gateway.pixels.policy import PixelPolicy
+
         p = self.pixels
         if p is None:
             return None
@@ -294,6 +310,8 @@ class Settings:
 
     def policy(self, profile: str = DEFAULT_PROFILE) -> Policy:
         """The de-identification policy of a profile (for the pure engine)."""
+        from gateway.deid.engine import PatientPolicy, Policy
+
         d = self.profile(profile).deidentify
         safe = standard_safe_private().union(d.user_safe_private)
         return Policy(
@@ -790,6 +808,8 @@ def _read_deidentify(section: _Section) -> DeidentifySettings:
 
 
 def _read_labels(section: _Section) -> LabelTable:
+    from pydicom.datadict import tag_for_keyword
+
     key = section.get("key", str, "")
     if not key or tag_for_keyword(key) is None:
         raise ConfigError(f"{section.key('key')}: {key!r} is not a DICOM keyword; name the "
@@ -859,6 +879,8 @@ def _read_edits(section: _Section, labels: LabelTable | None) -> Edits:
                 found.append(parsed)
         return tuple(found)
 
+    from gateway.deid.edits import Edits
+
     remove, keep = targets("remove"), targets("keep")
     sets = []
     for attribute, template in section.get("set", dict, {}).items():
@@ -871,6 +893,8 @@ def _read_edits(section: _Section, labels: LabelTable | None) -> Edits:
 
 
 def _target(text: str, key: str) -> Target:
+    from gateway.deid.edits import EditError, parse_target
+
     try:
         return parse_target(text)
     except EditError as exc:
@@ -879,6 +903,8 @@ def _target(text: str, key: str) -> Target:
 
 def _set_item(attribute: str, template: object, key: str,
               labels: LabelTable | None) -> tuple[Target, str]:
+    from gateway.deid.edits import EditError, Edits, parse_set_value
+
     if not isinstance(template, str):
         raise ConfigError(f"{key}: expected a string, got {type(template).__name__}")
     target = _target(attribute, key)
@@ -920,8 +946,10 @@ def _read_pixels(section: _Section) -> PixelSettings:
     fill = section.get("fill", int, 0)
     if not 0 <= fill <= 0xFFFF:
         raise ConfigError(f"{section.key('fill')}: {fill} is not a pixel value (0 to 65535)")
+    from gateway.pixels.rules import load_rules
+
     rules_file = _optional_path(section.get("rules_file", str, ""))
-    rules = RuleSet((), "")
+    rules = _no_rules()
     if rules_file is not None:
         try:
             rules = load_rules(rules_file)

@@ -23,9 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.filereader import read_file_meta_info
-
-from gateway.deid.elements import PREAMBLE, read_meta
+from gateway.deid.elements import DEFAULT_ENCODINGS, PREAMBLE, read_meta, value_text
 from gateway.errors import MalformedInstance, StateError
 from gateway.files import Chunks, fsync_dir, write_file, write_private
 
@@ -59,6 +57,28 @@ class SpoolEntry:
         finally:
             os.close(fd)
         return part10_dataset(mapped)
+
+
+MEDIA_SOP_CLASS, MEDIA_SOP_INSTANCE, TRANSFER_SYNTAX = 0x00020002, 0x00020003, 0x00020010
+
+
+def file_meta_values(path: Path) -> dict[int, str]:
+    """A Part-10 file's file meta values as text, by tag, read through a map of the file (only
+    its first pages are touched); MalformedInstance if it is not a Part-10 file, ValueError if it
+    is empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    try:
+        with memoryview(mapped) as view:
+            if len(view) < PREAMBLE + 4 or view[PREAMBLE : PREAMBLE + 4] != b"DICM":
+                raise MalformedInstance("not a Part-10 file (no DICM after the preamble)")
+            meta, _ = read_meta(view, PREAMBLE + 4)
+            return {e.tag: value_text(view, e, DEFAULT_ENCODINGS).strip() for e in meta}
+    finally:
+        mapped.close()
 
 
 def part10_dataset(data: bytes | mmap.mmap) -> memoryview:
@@ -188,19 +208,20 @@ class Spool:
         return found
 
     def load(self, path: Path) -> SpoolEntry | None:
+        """The entry of a spool file; None if it is gone or not a Part-10 file."""
         try:
-            meta = read_file_meta_info(path)
+            meta = file_meta_values(path)
             stat = path.stat()
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, MalformedInstance):
             return None
         return SpoolEntry(
             id=path.name[: -len(SUFFIX)],
             path=path,
-            sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
-            transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+            sop_class_uid=meta.get(MEDIA_SOP_CLASS, ""),
+            transfer_syntax_uid=meta.get(TRANSFER_SYNTAX, ""),
             size=stat.st_size,
             created=stat.st_mtime,
-            sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "")),
+            sop_instance_uid=meta.get(MEDIA_SOP_INSTANCE, ""),
         )
 
     def ids(self) -> list[str]:

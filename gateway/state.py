@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     DateTime,
@@ -43,8 +43,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from gateway.deid.engine import Pseudonym
 from gateway.errors import StateError
+
+if TYPE_CHECKING:  # the forwarding process keeps state without loading the engine
+    from gateway.deid.engine import Pseudonym
 
 # One writer at a time in this process: SQLite serialises writers anyway, and taking turns here
 # avoids its lock-upgrade failures when receive and forward threads commit at once.

@@ -25,7 +25,6 @@ import io
 import struct
 import warnings
 import zlib
-from functools import cache
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -36,16 +35,17 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from gateway.errors import ConversionFailed
+from gateway.syntaxes import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE,
+    can_convert,
+    pad_deflated,
+    syntax_name,
+)
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-NATIVE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN,
-                    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
-# What an instance may be converted to for an archive that takes neither its own syntax nor a
-# compressed one, in order of preference: explicit keeps the VRs.
-FALLBACK_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 # (implicit VR, little endian) of each native syntax once inflated
 _ENCODINGS = {
     IMPLICIT_VR_LITTLE_ENDIAN: (True, True),
@@ -66,49 +66,6 @@ SWAPPED_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 NUMBER_VRS = frozenset({"AT", "FD", "FL", "SL", "SS", "SV", "UL", "US", "UV"})
 TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
                       "UC", "UR", "UT"})
-
-
-def syntax_name(uid: str) -> str:
-    """A transfer syntax's name (``Explicit VR Little Endian``), or its UID if unknown."""
-    name = UID(uid).name
-    return name if name and name != uid else uid
-
-
-def is_native(syntax: str) -> bool:
-    return syntax in NATIVE
-
-
-@cache
-def has_decoder(syntax: str) -> bool:
-    """Whether a pydicom pixel decoder for this encapsulated syntax can run on this machine."""
-    from pydicom.pixels import get_decoder
-
-    try:
-        return bool(get_decoder(syntax).is_available)
-    except (NotImplementedError, ValueError, ImportError):
-        return False
-
-
-def can_convert(source: str, target: str) -> bool:
-    """Whether ``convert(data, source, target)`` can work here (a decoder is installed)."""
-    if source == target:
-        return True
-    if target not in NATIVE:
-        return False
-    if source in NATIVE:
-        return True
-    return target in FALLBACK_SYNTAXES and has_decoder(source)
-
-
-def fallback_syntaxes(stored: str) -> tuple[str, ...]:
-    """The native syntaxes an instance stored in ``stored`` can be converted to, in order of
-    preference; never ``stored`` itself."""
-    return tuple(t for t in FALLBACK_SYNTAXES if t != stored and can_convert(stored, t))
-
-
-def pad_deflated(data: bytes | memoryview) -> bytes | memoryview:
-    """A deflated data set padded to even length with one NUL (PS3.5 A.5), as sent."""
-    return bytes(data) + b"\x00" if len(data) % 2 else data
 
 
 def convert(data: bytes | memoryview, source: str, target: str) -> bytes:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netpeers import GATEWAY_AE, LOOPBACK
@@ -299,6 +300,24 @@ def test_a_request_for_another_called_ae_is_rejected_even_when_mangled_elsewhere
     mangled[-1] ^= 0xFF  # the implementation version name: not something to refuse for
     reply = send_and_read(running.port, bytes(mangled))
     assert reply == bytes((A_ASSOCIATE_RJ, 0, 0, 0, 0, 4, 0, 1, 1, 7))  # called AE not known
+
+
+@pytest.mark.parametrize(("uid", "storage"), [
+    ("1.2.840.10008.5.1.4.1.1.2", True),  # CT Image Storage
+    ("1.2.840.10008.5.1.4.1.1.88.33", True),  # Comprehensive SR Storage
+    ("1.2.840.10008.5.1.4.38.1", True),  # Hanging Protocol Storage (a non-patient object)
+    ("1.2.840.10008.5.1.4.1.1.201.1", True),  # Inventory Storage
+    ("1.2.840.10008.5.1.4.31", False),  # Modality Worklist Information Model - FIND
+    ("1.2.840.10008.5.1.4.1.2.2.2", False),  # Study Root Query/Retrieve - MOVE
+    ("1.2.840.10008.1.20.1", False),  # Storage Commitment Push Model SOP Class
+    ("1.2.840.10008.1.20.1.1", False),  # its well-known SOP instance
+    ("1.2.840.10008.5.1.1.1", False),  # Basic Film Session (print)
+    ("1.2.840.10008.1.2.1", False),  # a transfer syntax
+])
+def test_storage_sop_classes_are_told_from_other_services(uid: str, storage: bool) -> None:
+    from gateway.receive import storage_sop_class
+
+    assert storage_sop_class(uid) is storage
 
 
 def test_made_up_uids_are_refused_without_a_warning_and_odd_real_ones_accepted() -> None:

@@ -21,20 +21,20 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
-from gateway import transcode
+from gateway import syntaxes
 from gateway.errors import ConversionFailed, InstanceError
 from gateway.spool import part10_dataset
-from gateway.transcode import (
+from gateway.syntaxes import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     NATIVE,
     can_convert,
-    convert,
     fallback_syntaxes,
     pad_deflated,
 )
+from gateway.transcode import convert
 
 ELE, ILE, EBE, DEFLATED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
                            EXPLICIT_VR_BIG_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
@@ -226,7 +226,7 @@ def test_same_syntax_is_the_data_unchanged() -> None:
 
 
 def decodable(name: str) -> bool:
-    return transcode.has_decoder(source(name)[1])
+    return syntaxes.has_decoder(source(name)[1])
 
 
 @pytest.mark.parametrize("name", COMPRESSED_FILES)
@@ -312,7 +312,7 @@ def test_which_pairs_convert() -> None:
 
 
 def test_without_a_decoder_nothing_compressed_converts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transcode, "has_decoder", lambda _syntax: False)
+    monkeypatch.setattr(syntaxes, "has_decoder", lambda _syntax: False)
     assert not can_convert(JPEG2000, ELE) and fallback_syntaxes(JPEG2000) == ()
     assert can_convert(ELE, ILE)
     data, stored = source("JPEG2000.dcm")

@@ -15,9 +15,6 @@ import zlib
 from collections.abc import Mapping, Sequence
 from functools import cache
 
-from pydicom.charset import convert_encodings, decode_bytes, encode_string, python_encoding
-from pydicom.datadict import dictionary_is_retired, dictionary_VR
-
 from gateway.deid.profile import table as annex_e_table
 from gateway.errors import MalformedInstance, NotDicom
 
@@ -64,6 +61,16 @@ CHARSET_TERMS = frozenset({
     "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58",
 })
 _LATIN_9 = {"ISO_IR 203": "iso8859_15", "ISO 2022 IR 203": "iso8859_15"}  # unknown to pydicom 3.0
+# The file meta group's VRs (PS3.10 7.1): what the spool and the forwarder read of every file,
+# without pydicom's data dictionary (pydicom is imported where it is first needed, so that the
+# forwarding process, which reads only file meta, never loads it).
+FILE_META_VRS = {
+    0x00020000: "UL", 0x00020001: "OB", 0x00020002: "UI", 0x00020003: "UI", 0x00020010: "UI",
+    0x00020012: "UI", 0x00020013: "SH", 0x00020016: "AE", 0x00020017: "AE", 0x00020018: "AE",
+    0x00020026: "UR", 0x00020027: "UR", 0x00020028: "UR", 0x00020031: "OB", 0x00020032: "UI",
+    0x00020033: "UI", 0x00020035: "OB", 0x00020036: "OB", 0x00020037: "UL", 0x00020038: "FD",
+    0x00020100: "UI", 0x00020102: "OB",
+}
 
 
 class Encoding:
@@ -135,6 +142,10 @@ def dictionary_vrs(tag: int) -> tuple[str, ...]:
     """Every VR the data dictionary allows (e.g. US, SS); ("UN",) for private and unknown tags."""
     if (tag >> 16) & 1:
         return ("UN",)
+    if tag in FILE_META_VRS:  # the forwarding process reads file meta without loading pydicom
+        return (FILE_META_VRS[tag],)
+    from pydicom.datadict import dictionary_VR
+
     try:
         return tuple(str(dictionary_VR(tag)).split(" or "))
     except KeyError:
@@ -187,6 +198,8 @@ def _vr_family(vr: str) -> str:
 
 
 def _is_retired(tag: int) -> bool:
+    from pydicom.datadict import dictionary_is_retired
+
     try:
         return bool(dictionary_is_retired(tag))
     except KeyError:
@@ -403,6 +416,8 @@ def _python_encodings(terms: tuple[str, ...]) -> tuple[str, ...]:
     first, others = (terms[0], terms[1:]) if terms else ("", ())
     if (first and first not in CHARSET_TERMS) or any(term not in CHARSET_TERMS for term in others):
         raise MalformedInstance("SpecificCharacterSet holds a term that is not a defined term")
+    from pydicom.charset import convert_encodings, python_encoding
+
     if any(term in _LATIN_9 for term in terms):
         return tuple(dict.fromkeys(_LATIN_9.get(t) or python_encoding[t or "ISO_IR 6"] for t in terms))
     return tuple(convert_encodings(list(terms) or [""]))
@@ -427,6 +442,8 @@ def decode_text(raw: bytes, vr: str, encodings: Sequence[str]) -> str:
     codec = _SIMPLE_CODECS.get(encodings[0]) if len(encodings) == 1 else None
     if codec is not None:
         return raw.decode(codec, "replace")
+    from pydicom.charset import decode_bytes
+
     return decode_bytes(raw, list(encodings), PN_DELIMITERS if vr == "PN" else set())
 
 
@@ -434,12 +451,18 @@ def encode_text(text: str, vr: str, encodings: Sequence[str]) -> bytes:
     """Text in the data set's character set, padded to even length as PS3.5 requires."""
     if vr in CHARSET_VRS:
         codec = _SIMPLE_CODECS.get(encodings[0]) if len(encodings) == 1 else None
-        raw = text.encode(codec, "replace") if codec else encode_string(text, list(encodings))
+        raw = text.encode(codec, "replace") if codec else _encode_string(text, encodings)
     else:
         raw = text.encode("latin-1", "replace")
     if len(raw) % 2:
         raw += b"\x00" if vr == "UI" else b" "
     return raw
+
+
+def _encode_string(text: str, encodings: Sequence[str]) -> bytes:
+    from pydicom.charset import encode_string
+
+    return encode_string(text, list(encodings))
 
 
 _NUMBERS = {"FL": "f", "FD": "d", "SL": "l", "SS": "h", "SV": "q", "UL": "L", "US": "H",

@@ -27,7 +27,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.tag import Tag
 
-from gateway import __version__
+from gateway import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
 from gateway.deid import codes, dates, iod, leaks, vocabulary
 from gateway.deid.elements import (
     DEFAULT_ENCODINGS,
@@ -72,10 +72,6 @@ from gateway.errors import (
     UnknownPatient,
     unexpected_errors_as_malformed,
 )
-
-# dicom-gateway's own implementation class UID (a fixed 2.25 UUID-derived value).
-IMPLEMENTATION_CLASS_UID = "2.25.168145871405626187532911384815312474114"
-IMPLEMENTATION_VERSION_NAME = f"DICOM_GW_{__version__}"[:16]
 
 DUMMY_TEXT = "ANONYMIZED"
 DUMMY_BY_VR: dict[str, object] = {

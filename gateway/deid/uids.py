@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-
-from pydicom.uid import UID_dictionary
+from functools import cache
 
 DEFAULT_ROOT = "2.25"
 MAX_UID_LENGTH = 64
@@ -21,7 +20,16 @@ CLASS_UID_KEYWORDS_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "CodingSchemeUID
 
 
 def is_well_known(uid: str) -> bool:
-    return uid.startswith(STANDARD_ROOT) or uid in UID_dictionary
+    return uid.startswith(STANDARD_ROOT) or uid in _uid_dictionary()
+
+
+@cache
+def _uid_dictionary() -> frozenset[str]:
+    """pydicom's well-known UIDs, loaded when first needed: settings import this module in the
+    forwarding process too, which never loads pydicom."""
+    from pydicom.uid import UID_dictionary
+
+    return frozenset(UID_dictionary)
 
 
 def keyed_uid(secret: bytes, uid: str, root: str = DEFAULT_ROOT) -> str:
