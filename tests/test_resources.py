@@ -9,6 +9,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+
 SCRIPT = """
 import resource, sys
 from gateway.resources import check_descriptor_limit, descriptors_needed, raise_descriptor_limit
@@ -56,3 +58,15 @@ def test_a_hard_limit_too_low_is_named_with_the_keys_and_the_fix() -> None:
 def test_a_limit_already_high_enough_is_left_alone() -> None:
     numbers, _ = run(10, soft=4096, hard=4096)
     assert numbers.split()[1:] == ["4096", "4096", "4096"]
+
+
+def test_malloc_arenas_are_capped_unless_the_administrator_chose_a_number(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from gateway.resources import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # their choice stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
