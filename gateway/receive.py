@@ -96,13 +96,28 @@ def uid_syntax(uid: str) -> bool:
     return len(uid) <= 64 and _UID_SYNTAX.fullmatch(uid) is not None
 
 
+# Storage SOP classes of objects that belong to no patient or study (PS3.3 A.38, A.58, A.61-A.63,
+# A.82-A.83, A.87, A.88): nothing to de-identify, and no study to forward them in.
+NON_PATIENT_STORAGE = frozenset({
+    "1.2.840.10008.5.1.4.38.1",  # Hanging Protocol Storage
+    "1.2.840.10008.5.1.4.39.1",  # Color Palette Storage
+    "1.2.840.10008.5.1.4.43.1",  # Generic Implant Template Storage
+    "1.2.840.10008.5.1.4.44.1",  # Implant Assembly Template Storage
+    "1.2.840.10008.5.1.4.45.1",  # Implant Template Group Storage
+    "1.2.840.10008.5.1.4.1.1.200.1",  # CT Defined Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.200.3",  # Protocol Approval Storage
+    "1.2.840.10008.5.1.4.1.1.200.7",  # XA Defined Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.201.1",  # Inventory Storage
+})
+
+
 @lru_cache(maxsize=1024)
 def storage_sop_class(uid: str) -> bool:
-    """Every storage SOP class (non-patient objects such as hanging protocols too), private and
-    unknown ones as well (a newer standard's): only what the UID dictionary names as something
-    else is refused (Verification, queries, worklists, print, storage commitment, well-known
-    instances, transfer syntaxes)."""
-    if not uid_syntax(uid):
+    """Every storage SOP class of patient data, private and unknown ones as well (a newer
+    standard's); refused: what the UID dictionary names as something else (Verification,
+    queries, worklists, print, storage commitment, well-known instances, transfer syntaxes) and
+    the non-patient objects."""
+    if not uid_syntax(uid) or uid in NON_PATIENT_STORAGE:
         return False
     entry = UID_dictionary.get(uid)
     if entry is None or not entry[0]:

@@ -305,8 +305,10 @@ def test_a_request_for_another_called_ae_is_rejected_even_when_mangled_elsewhere
 @pytest.mark.parametrize(("uid", "storage"), [
     ("1.2.840.10008.5.1.4.1.1.2", True),  # CT Image Storage
     ("1.2.840.10008.5.1.4.1.1.88.33", True),  # Comprehensive SR Storage
-    ("1.2.840.10008.5.1.4.38.1", True),  # Hanging Protocol Storage (a non-patient object)
-    ("1.2.840.10008.5.1.4.1.1.201.1", True),  # Inventory Storage
+    ("1.2.840.10008.5.1.4.1.1.88.70", True),  # Implantation Plan SR Storage
+    ("1.2.840.10008.5.1.4.1.1.200.2", True),  # CT Performed Procedure Protocol Storage
+    ("1.2.840.10008.5.1.4.38.1", False),  # Hanging Protocol Storage: no patient, no study
+    ("1.2.840.10008.5.1.4.1.1.201.1", False),  # Inventory Storage: likewise
     ("1.2.840.10008.5.1.4.31", False),  # Modality Worklist Information Model - FIND
     ("1.2.840.10008.5.1.4.1.2.2.2", False),  # Study Root Query/Retrieve - MOVE
     ("1.2.840.10008.1.20.1", False),  # Storage Commitment Push Model SOP Class
