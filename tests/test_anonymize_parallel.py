@@ -99,7 +99,10 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_temporaries(tmp_path: Path) -> N
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "anonymize", "--config", str(config),
          "--workers", "2", str(src), str(dst)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        # As from a terminal: a test run started in the background (CI, `nohup ... &`) has
+        # Ctrl-C ignored, and the command rightly keeps ignoring it then.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         # The files before the held one are taken (renamed into place); some after it wait.
