@@ -70,3 +70,47 @@ def test_malloc_arenas_are_capped_unless_the_administrator_chose_a_number(
     assert limit_malloc_arenas() is False  # their choice stands
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_table_asked_for_by_several_associations_at_once_is_built_once() -> None:
+    """Four associations starting together used to build four copies of the IOD tables at
+    once (peak memory that glibc then keeps); the others now wait for the first build."""
+    import threading
+    import time
+
+    from gateway.deid.once import built_once
+
+    builds: list[str] = []
+
+    @built_once
+    def table(name: str) -> list[str]:
+        builds.append(name)
+        time.sleep(0.2)  # long enough that every thread asks while it is being built
+        return [name]
+
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(table("iod"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert builds == ["iod"]
+    assert len(results) == 4 and all(r is results[0] for r in results)
+    assert table("other") == ["other"] and builds == ["iod", "other"]
+
+
+def test_the_engine_tables_are_built_once_when_parallel_associations_start() -> None:
+    """The real tables, asked for by threads at once in a fresh interpreter: one build each."""
+    script = """
+import threading, json, gzip
+from gateway.deid import iod
+calls = []
+real = gzip.decompress
+gzip.decompress = lambda data: (calls.append(1), real(data))[1]
+threads = [threading.Thread(target=iod._tables) for _ in range(4)]
+[t.start() for t in threads]; [t.join(60) for t in threads]
+print(len(calls))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.split() == ["1"]

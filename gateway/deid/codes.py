@@ -10,8 +10,9 @@ pydicom's concept dictionary by ``scripts/build_code_meanings.py``), loaded on f
 
 from __future__ import annotations
 
-from functools import cache
 from importlib import resources
+
+from gateway.deid.once import built_once
 
 CODE_VALUE = 0x00080100
 CODING_SCHEME_DESIGNATOR = 0x00080102
@@ -26,7 +27,7 @@ LOCAL_SCHEME = "99ANONYMIZED"
 LOCAL_VALUE = "ANONYMIZED"
 
 
-@cache
+@built_once
 def _meanings() -> dict[tuple[str, str], str]:
     text = resources.files("gateway.deid").joinpath("data/code_meanings.tsv").read_text("utf-8")
     meanings: dict[tuple[str, str], str] = {}

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from functools import cache
 
+from gateway.deid.once import built_once
 from gateway.deid.profile import table as annex_e_table
 from gateway.errors import MalformedInstance, NotDicom
 
@@ -154,7 +155,7 @@ def dictionary_vrs(tag: int) -> tuple[str, ...]:
         return (_table_vrs().get(tag, "UN"),)
 
 
-@cache
+@built_once
 def _table_vrs() -> dict[int, str]:
     """The VRs that PS3.15 Table E.1-1 gives for its attributes (a newer edition than pydicom's
     dictionary may be)."""

@@ -51,6 +51,7 @@ from gateway.deid.elements import (
     sequence_bytes,
     value_text,
 )
+from gateway.deid.once import built_once
 from gateway.deid.private import SafePrivateList, standard_safe_private
 from gateway.deid.profile import (
     CLEAN,
@@ -960,6 +961,6 @@ _HANDLERS: dict[str, _Handler] = {
 }
 
 
-@cache
+@built_once
 def _basic_profile() -> Profile:
     return build_profile(())

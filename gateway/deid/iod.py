@@ -27,9 +27,10 @@ import gzip
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 from typing import Any
+
+from gateway.deid.once import built_once
 
 DATA_FILE = "iod_types.json.gz"
 FORMAT_VERSION = 2
@@ -128,7 +129,7 @@ def decode_module(text: str) -> dict[TagPath, str]:
     return types
 
 
-@cache
+@built_once
 def _tables() -> _Tables:
     raw = resources.files("gateway.deid").joinpath("data", DATA_FILE).read_bytes()
     data = json.loads(gzip.decompress(raw))
@@ -143,13 +144,13 @@ def _tables() -> _Tables:
     )
 
 
-@cache
+@built_once
 def _module_types(module: str) -> dict[TagPath, str]:
     text = _tables().modules.get(module)
     return decode_module(text) if text else {}
 
 
-@cache
+@built_once
 def _iod_types(iod: str) -> dict[TagPath, str]:
     merged: dict[TagPath, str] = {}
     for module, _usage in _tables().iods[iod]:

@@ -10,9 +10,9 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 
+from gateway.deid.once import built_once
 from gateway.errors import ConfigError
 
 # (normalised creator, group, element offset within the block)
@@ -36,7 +36,7 @@ class SafePrivateList:
         return SafePrivateList(self.keys | other.keys)
 
 
-@cache
+@built_once
 def standard_safe_private() -> SafePrivateList:
     """Table E.3.10-1 as shipped with the package."""
     text = resources.files("gateway.deid").joinpath("data/ps315_safe_private.json").read_text()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 from typing import Any
 
+from gateway.deid.once import built_once
 from gateway.errors import ConfigError
 
 KEEP = "K"
@@ -64,7 +64,7 @@ class Profile:
         return None
 
 
-@cache
+@built_once
 def table() -> dict[str, Any]:
     """Table E.1-1 as shipped with the package (edition, source, options, attributes)."""
     text = resources.files("gateway.deid").joinpath("data/ps315_annex_e.json").read_text("utf-8")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from functools import cache
+
+from gateway.deid.once import built_once
 
 DEFAULT_ROOT = "2.25"
 MAX_UID_LENGTH = 64
@@ -23,7 +24,7 @@ def is_well_known(uid: str) -> bool:
     return uid.startswith(STANDARD_ROOT) or uid in _uid_dictionary()
 
 
-@cache
+@built_once
 def _uid_dictionary() -> frozenset[str]:
     """pydicom's well-known UIDs, loaded when first needed: settings import this module in the
     forwarding process too, which never loads pydicom."""

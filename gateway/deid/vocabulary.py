@@ -17,10 +17,10 @@ numbers, times), go.
 from __future__ import annotations
 
 import re
-from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from gateway.deid.once import built_once
 from gateway.errors import ConfigError
 
 # One token per match, tried in this order at each position. The URL and @ alternatives are
@@ -68,7 +68,7 @@ _OPENERS, _CLOSERS = "([{<", ")]}>"
 _KEEP, _DROP, _NUMBER, _BIG_NUMBER, _SEP = range(5)
 
 
-@cache
+@built_once
 def _vocabulary() -> frozenset[str]:
     text = resources.files("gateway.deid").joinpath("data/clean_words.txt").read_text("utf-8")
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
