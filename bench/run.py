@@ -245,6 +245,19 @@ def rss_kb(pid: int, key: str = "VmHWM") -> int:
     return total
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core since boot, from /proc/stat; idle and I/O wait
+    count as not busy."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+def busy_since(before: tuple[int, int]) -> float:
+    """The share of all cores' time that was busy since ``before`` (0..1)."""
+    busy, total = machine_ticks()
+    return (busy - before[0]) / max(1, total - before[1])
+
+
 # --- scenarios -----------------------------------------------------------------------------------
 
 
@@ -295,17 +308,17 @@ def run_throughput(workdir: Path, paths: list[Path], parallel: int, through_gate
             return len(os.listdir(archive_dir))
 
         if not through_gateway:
-            started = time.monotonic()
+            ticks, started = machine_ticks(), time.monotonic()
             sent = send_with_storescu(archive_port, "ARCHIVE", shares)
             wait_until(lambda: arrived() >= len(paths), WAIT)
             return Throughput("direct", parallel, arrived(), time.monotonic() - started,
-                              megabytes, sent)
+                              megabytes, sent, extra={"machine_busy": busy_since(ticks)})
         with gateway(run / "gateway", archive_port) as gw:
             done = threading.Event()
             if sample is not None:  # e.g. RSS, every half second while the run lasts
                 sampler = threading.Thread(target=lambda: _every(0.5, done, lambda: sample(gw.pid)))
                 sampler.start()
-            cpu_before = cpu_seconds(gw.pid)
+            cpu_before, ticks = cpu_seconds(gw.pid), machine_ticks()
             started = time.monotonic()
             sent = send_with_storescu(gw.port, "DICOM_GW", shares)
             wait_until(lambda: arrived() >= len(paths), WAIT)
@@ -314,7 +327,8 @@ def run_throughput(workdir: Path, paths: list[Path], parallel: int, through_gate
             cpu = cpu_seconds(gw.pid) - cpu_before
             return Throughput("gateway", parallel, arrived(), elapsed, megabytes, sent,
                               peak_rss_mb=rss_kb(gw.pid) / 1024,
-                              cpu_ms_per_instance=cpu * 1000 / len(paths))
+                              cpu_ms_per_instance=cpu * 1000 / len(paths),
+                              extra={"machine_busy": busy_since(ticks)})
 
 
 def _every(seconds: float, done: threading.Event, action: Callable[[], None]) -> None:
@@ -558,6 +572,11 @@ def compare_throughput(workdir: Path, paths: list[Path], parallel: int, rounds: 
         "gateway_cpu_ms_per_instance": round(
             statistics.median(g.cpu_ms_per_instance or 0 for g in gateways), 2),
         "arrived": [[d.instances, g.instances] for d, g in pairs],
+        # How much of the machine's cores were busy: near 1, CPU decides the rate; well below,
+        # waiting (disk syncs, round trips) does.
+        "direct_machine_busy": round(statistics.median(d.extra["machine_busy"] for d in directs), 2),
+        "gateway_machine_busy": round(
+            statistics.median(g.extra["machine_busy"] for g in gateways), 2),
     }
 
 
@@ -809,6 +828,8 @@ def print_table(report: dict[str, object]) -> None:
                   f"{pair['gateway_per_s']:9.1f}   {pair['ratio']:6.3f}")
         print(f"  gateway: peak RSS {row['gateway_peak_rss_mb']} MB, "
               f"{row['gateway_cpu_ms_per_instance']} CPU ms/instance, arrived {row['arrived']}")
+        print(f"  cores busy: direct {row['direct_machine_busy']:.0%}, "
+              f"gateway {row['gateway_machine_busy']:.0%}")
     latency = report.get("latency")
     if isinstance(latency, dict):
         d, g = latency["direct"], latency["gateway"]

@@ -161,12 +161,14 @@ class Dispatcher:
 
     def submit(self, entry: SpoolEntry, done: frozenset[str]) -> None:
         """Queue ``entry`` for every destination not in ``done`` (delivered or filtered)."""
-        remaining = set(self.names - done)
+        remaining = sorted(self.names - done)
         with self._lock:
             if entry.id in self._remaining:
                 return
             if remaining:
-                self._remaining[entry.id] = remaining
+                # A set of its own: senders take names out of it (``delivered``) while this
+                # still queues the entry for the others.
+                self._remaining[entry.id] = set(remaining)
             if done:
                 self._with_rows.add(entry.id)
         if not remaining:

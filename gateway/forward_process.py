@@ -235,23 +235,28 @@ class Forwarding:
         reporter = threading.Thread(target=self._report_loop, name="report", daemon=True)
         reporter.start()
         timeout = 20.0
+        try:
+            timeout = self._serve_messages()
+        finally:  # after a bug too: the counters gathered in memory are written
+            self.dispatcher.stop(timeout)
+            self._finished.set()
+            reporter.join(REPORT_SECONDS * 5)
+            self.deliveries.close()
+            self._report()
+
+    def _serve_messages(self) -> float:
+        """Entries from the serving process until it says stop (or is gone); the seconds the
+        senders then get to finish."""
         while True:
             try:
                 kind, payload = self.conn.recv()
             except (EOFError, OSError):
-                timeout = ORPHANED_STOP_SECONDS  # the serving process is gone: so is its lock
-                break
+                return ORPHANED_STOP_SECONDS  # the serving process is gone: so is its lock
             if kind == ENTRY:
                 entry, done = payload
                 self.dispatcher.submit(entry, frozenset(done))
             elif kind == STOP:
-                timeout = float(payload)
-                break
-        self.dispatcher.stop(timeout)
-        self._finished.set()
-        reporter.join(REPORT_SECONDS * 5)
-        self.deliveries.close()
-        self._report()
+                return float(payload)
 
     def _send(self, message: tuple[str, Any]) -> bool:
         with self._send_lock:
