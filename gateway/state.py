@@ -342,7 +342,7 @@ class PseudonymStore:
             committer = self._committer
         try:
             if committer is not None and self._committer_pid == os.getpid():
-                committer.join()  # it writes what is queued, then ends
+                committer.join(COMMIT_WAIT_SECONDS)  # it writes what is queued, then ends
             self.flush()
         finally:
             self._writer.close()
