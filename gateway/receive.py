@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -18,7 +18,13 @@ from pydicom.uid import UID, UID_dictionary
 
 from gateway import logs, metrics
 from gateway.deid.elements import PREAMBLE, file_meta
-from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Policy, Result
+from gateway.deid.engine import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    Policy,
+    Pseudonym,
+    Result,
+)
 from gateway.deidentify import CleanInstance, deidentify_received
 from gateway.errors import GatewayError, InstanceError, MalformedInstance, NotDicom, StateError
 from gateway.net.acceptor import Server, ServerConfig, StoreRequest
@@ -42,7 +48,6 @@ from gateway.state import (
     QUARANTINED,
     RECEIVED,
     Deliveries,
-    PendingRecord,
     PseudonymStore,
 )
 
@@ -172,6 +177,12 @@ def _same_failures(failures: list[tuple[Profile, InstanceError]]
     return [(tuple(names), error) for names, error in groups.values()]
 
 
+def _not_persisted(sop_instance_uid: str, exc: Exception) -> int:
+    log.error("not persisted", sop_instance_uid=sop_instance_uid, error=type(exc).__name__,
+              status=f"0x{OUT_OF_RESOURCES:04X}")
+    return OUT_OF_RESOURCES
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -241,30 +252,10 @@ class Receiver:
         excluded = routing.excluded_from(self.settings.destinations)
         counts = {(RECEIVED, ""): 1}
         counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
-        # The map's new pairs (with the counts) are queued now and committed while the spool
-        # file is written, in one transaction with other associations' pairs. The file becomes
-        # an entry only once both are durable: an instance answered with a failure status is
-        # never forwarded (the sender sends it again).
-        mapped = self.store.record_later(result.pseudonyms, counts)
         try:
-            staged = self._stage(clean, mapped, counts)
-            try:
-                mapped.wait()
-            except StateError:
-                staged.discard()
-                raise
-            try:
-                if excluded:  # a restart must never send it there
-                    self.deliveries.record((staged.id, name, FILTERED) for name in excluded)
-                entry = staged.publish()
-            except (StateError, OSError):  # the map's pairs stay: the instance sent again reuses them
-                staged.discard()
-                self._uncount(counts)
-                raise
+            [(entry, _)] = self._persist([(clean, excluded)], result.pseudonyms, counts)
         except (StateError, OSError) as exc:
-            log.error("not persisted", sop_instance_uid=clean.sop_instance_uid,
-                      error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
-            return OUT_OF_RESOURCES
+            return _not_persisted(clean.sop_instance_uid, exc)
         log.info("spooled", sop_instance_uid=clean.sop_instance_uid, entry_id=entry.id,
                  size=entry.size, calling_ae=calling_ae, peer=peer, duration_ms=_ms(started))
         metrics.RECEIVED.labels(calling_ae=calling_ae).inc()
@@ -322,45 +313,14 @@ class Receiver:
         counts = {(RECEIVED, ""): 1}
         counts.update({(FILTERED_COUNT, name): 1 for name in excluded})
         pairs = unique_pairs([map_pairs(profile.name, clean) for profile, clean in copies])
-        mapped = self.store.record_later(pairs, counts)
-        staged: list[tuple[StagedEntry, frozenset[str]]] = []
-
-        def discard() -> None:
-            for entry, _ in staged:
-                with contextlib.suppress(OSError):
-                    entry.discard()
-
+        # Done for every destination but its profile's: a copy never reaches another's archive.
+        spooling = [(clean, excluded | frozenset(d.name for d in destinations
+                                                 if d.name not in profile.destinations))
+                    for profile, clean in copies]
         try:
-            try:
-                for profile, clean in copies:
-                    done = excluded | frozenset(d.name for d in destinations
-                                                if d.name not in profile.destinations)
-                    staged.append((self.spool.stage(clean.chunks, clean.result.sop_class_uid,
-                                                    clean.transfer_syntax_uid,
-                                                    clean.sop_instance_uid), done))
-            except (StateError, OSError):
-                discard()
-                with contextlib.suppress(StateError):
-                    mapped.wait()
-                    self._uncount(counts)
-                raise
-            try:
-                mapped.wait()
-            except StateError:
-                discard()
-                raise
-            try:  # every row first: a restart must not send a copy to another profile's archive
-                self.deliveries.record((entry.id, name, FILTERED)
-                                       for entry, done in staged for name in done)
-                published = [(entry.publish(), done) for entry, done in staged]
-            except (StateError, OSError):
-                discard()
-                self._uncount(counts)
-                raise
+            published = self._persist(spooling, pairs, counts)
         except (StateError, OSError) as exc:
-            log.error("not persisted", sop_instance_uid=first.sop_instance_uid,
-                      error=type(exc).__name__, status=f"0x{OUT_OF_RESOURCES:04X}")
-            return OUT_OF_RESOURCES
+            return _not_persisted(first.sop_instance_uid, exc)
         for (profile, clean), (spooled, done) in zip(copies, published, strict=True):
             log.info("spooled", sop_instance_uid=clean.sop_instance_uid, entry_id=spooled.id,
                      size=spooled.size, profile=profile.name, calling_ae=calling_ae, peer=peer,
@@ -372,17 +332,47 @@ class Receiver:
             metrics.FILTERED.labels(destination=name).inc()
         return SUCCESS
 
-    def _stage(self, clean: CleanInstance, mapped: PendingRecord,
-               counts: dict[tuple[str, str], int]) -> StagedEntry:
-        """The spool file, written; when that fails the counts committed with the map are
-        taken back (the sender keeps the instance and sends it again)."""
+    def _persist(self, copies: list[tuple[CleanInstance, frozenset[str]]],
+                 pairs: Iterable[Pseudonym], counts: dict[tuple[str, str], int]
+                 ) -> list[tuple[SpoolEntry, frozenset[str]]]:
+        """Each copy a spool entry, done for its destinations in ``done``.
+
+        The map's new pairs (with the counts) are queued first and committed while the spool
+        files are written, in one transaction with other associations' pairs. The files become
+        entries only once both are durable: an instance answered with a failure status is never
+        forwarded (the sender sends it again), so on failure everything staged is dropped and
+        the counts taken back (the map's pairs stay: the instance sent again reuses them)."""
+        mapped = self.store.record_later(pairs, counts)
+        staged: list[tuple[StagedEntry, frozenset[str]]] = []
+
+        def discard() -> None:
+            for entry, _ in staged:
+                with contextlib.suppress(OSError):
+                    entry.discard()
+
         try:
-            return self.spool.stage(clean.chunks, clean.result.sop_class_uid,
-                                    clean.transfer_syntax_uid, clean.sop_instance_uid)
+            for clean, done in copies:
+                staged.append((self.spool.stage(clean.chunks, clean.result.sop_class_uid,
+                                                clean.transfer_syntax_uid,
+                                                clean.sop_instance_uid), done))
         except (StateError, OSError):
+            discard()
             with contextlib.suppress(StateError):
                 mapped.wait()
                 self._uncount(counts)
+            raise
+        try:
+            mapped.wait()
+        except StateError:
+            discard()
+            raise
+        try:  # every row first: a restart must never send a copy where it is done
+            self.deliveries.record((entry.id, name, FILTERED)
+                                   for entry, done in staged for name in done)
+            return [(entry.publish(), done) for entry, done in staged]
+        except (StateError, OSError):
+            discard()
+            self._uncount(counts)
             raise
 
     def _uncount(self, counts: dict[tuple[str, str], int]) -> None:
