@@ -50,7 +50,8 @@ ORPHANED_STOP_SECONDS = 2.0  # bound on finishing sends once the serving process
 # Messages, as (kind, payload) tuples.
 ENTRY = "entry"  # serving -> forwarding: a new spool entry, and who must not get it
 STOP = "stop"  # serving -> forwarding: finish the current sends (within the payload's seconds)
-REUSABLE = "reusable"  # forwarding -> serving: a forwarded file to write the next entry over
+REUSABLE = "reusable"  # forwarding -> serving: forwarded files to write the next entries over
+SPARES_PER_MESSAGE = 16  # forwarded files handed back together (one message, one wake-up)
 REPORT = "report"  # forwarding -> serving: queue depths and metrics
 
 
@@ -132,7 +133,8 @@ class ForwardProcess:
             except (EOFError, OSError):
                 break
             if kind == REUSABLE:
-                self.spool.reuse(Path(payload))
+                for spare in payload:
+                    self.spool.reuse(Path(spare))
             elif kind == REPORT:
                 self.report = Report(*payload)
                 self._reported_at = time.monotonic()
@@ -219,6 +221,7 @@ class Forwarding:
     def __init__(self, settings: Settings, conn: Connection) -> None:
         self.conn = conn
         self._send_lock = threading.Lock()
+        self._spares: list[str] = []  # forwarded files not yet handed back (under _send_lock)
         self._finished = threading.Event()
         spool = Spool(settings.spool_dir, recycle=self._give_back)
         self.deliveries = Deliveries(settings.database_url)
@@ -260,14 +263,28 @@ class Forwarding:
 
     def _send(self, message: tuple[str, Any]) -> bool:
         with self._send_lock:
-            try:
-                self.conn.send(message)
-            except (OSError, ValueError):
-                return False
+            return self._send_locked(message)
+
+    def _send_locked(self, message: tuple[str, Any]) -> bool:
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError):
+            return False
         return True
 
     def _give_back(self, spare: Path) -> None:
-        self._send((REUSABLE, str(spare)))  # if that fails, the next start deletes the file
+        """Forwarded files go back in batches: a message per instance cost the serving
+        process a thread wake-up per instance. The rest go with each report."""
+        with self._send_lock:
+            self._spares.append(str(spare))
+            if len(self._spares) >= SPARES_PER_MESSAGE:
+                self._hand_back_spares()
+
+    def _hand_back_spares(self) -> None:
+        """(``_send_lock`` held.) If the message fails, the next start deletes the files."""
+        if self._spares:
+            self._send_locked((REUSABLE, self._spares))
+            self._spares = []
 
     def _report_loop(self) -> None:
         while not self._finished.wait(REPORT_SECONDS):
@@ -281,6 +298,8 @@ class Forwarding:
                 return
 
     def _report(self) -> bool:
+        with self._send_lock:
+            self._hand_back_spares()
         queues = self.dispatcher.queues
         text = generate_latest(self.sending_metrics).decode()
         return self._send((REPORT, ({n: q.pending() for n, q in queues.items()},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.forward import Dispatcher
-from gateway.forward_process import ENTRY, Forwarding
+from gateway.forward_process import ENTRY, REPORT, REUSABLE, SPARES_PER_MESSAGE, Forwarding
 from gateway.quarantine import Quarantine
 from gateway.settings import parse_settings
 from gateway.spool import Spool, SpoolEntry
@@ -75,5 +75,32 @@ def test_a_forwarding_process_that_fails_still_writes_its_counts(tmp_path: Path)
         assert counted.counters()[(FORWARDED, "archive")] == 3
     finally:
         counted.close()
+        ours.close()
+        theirs.close()
+
+
+def test_forwarded_files_go_back_to_the_serving_process_in_batches(tmp_path: Path) -> None:
+    """Each forwarded file is handed back to be written over, sixteen to a message (one
+    wake-up of the serving process, not one per instance); the rest go with the next report,
+    so none is held back for long."""
+    settings = parse_settings({
+        "gateway": {"data_dir": str(tmp_path / "var")},
+        "destinations": [{"name": "archive", "ae_title": "ARCHIVE", "port": 11112}]})
+    Spool(settings.spool_dir).prepare(owner=True).close()
+    ours, theirs = multiprocessing.Pipe()
+    forwarding = Forwarding(settings, theirs)
+    try:
+        spares = [tmp_path / f"spare-{n}.dcm" for n in range(SPARES_PER_MESSAGE + 3)]
+        for spare in spares:
+            forwarding._give_back(spare)
+        assert ours.poll(5)
+        assert ours.recv() == (REUSABLE, [str(s) for s in spares[:SPARES_PER_MESSAGE]])
+        assert not ours.poll(0.1)  # three left: they wait for the report
+        assert forwarding._report()
+        assert ours.recv() == (REUSABLE, [str(s) for s in spares[SPARES_PER_MESSAGE:]])
+        kind, _ = ours.recv()
+        assert kind == REPORT
+    finally:
+        forwarding.deliveries.close()
         ours.close()
         theirs.close()
