@@ -39,7 +39,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -221,6 +221,42 @@ def _upsert_statement(dialect: str) -> Any:
     )
 
 
+# The two upserts every received instance waits on, as SQL the driver runs itself: through
+# SQLAlchemy's compiled INSERT ... ON CONFLICT a map commit cost about 190 us of CPU, through
+# exec_driver_sql about 145 (measured, SQLite, one pair and a count). Same statements, same
+# rows; other databases keep the portable path.
+_PAIR_UPSERT_SQL = (
+    'INSERT INTO pseudonyms (kind, original, pseudonym, first_seen, last_seen, "count") '
+    "VALUES ({0}, {0}, {0}, {0}, {0}, {0}) ON CONFLICT (kind, original) DO UPDATE SET "
+    '"count" = pseudonyms."count" + excluded."count", last_seen = excluded.last_seen')
+_COUNTER_UPSERT_SQL = (
+    "INSERT INTO counters (name, destination, value) VALUES ({0}, {0}, {0}) "
+    "ON CONFLICT (name, destination) DO UPDATE SET value = counters.value + excluded.value")
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+@dataclass(frozen=True)
+class _DriverUpserts:
+    pairs: str
+    counters: str
+    time_value: Callable[[datetime], object]  # a datetime as the driver is to be given it
+
+
+def _driver_upserts(dialect: Dialect) -> _DriverUpserts | None:
+    mark = _PLACEHOLDERS.get(dialect.paramstyle)
+    if dialect.name not in ("sqlite", "postgresql") or mark is None:
+        return None
+    # The column type's own conversion (SQLite: its text format), so rows read back the same
+    # whichever path wrote them.
+    convert = PSEUDONYMS.c.last_seen.type.dialect_impl(dialect).bind_processor(dialect)
+    return _DriverUpserts(_PAIR_UPSERT_SQL.format(mark), _COUNTER_UPSERT_SQL.format(mark),
+                          convert or _unchanged)
+
+
+def _unchanged(value: datetime) -> object:
+    return value
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -324,6 +360,7 @@ class PseudonymStore:
     def __init__(self, url: str) -> None:
         self.engine = open_engine(url)
         self._upsert = _upsert_statement(self.engine.dialect.name)
+        self._driver = _driver_upserts(self.engine.dialect)
         self._lock = threading.Lock()
         self._known: dict[tuple[str, str], None] = {}  # insertion-ordered: oldest first out
         self._pending: dict[tuple[str, str], tuple[int, datetime]] = {}  # count, last seen
@@ -469,13 +506,18 @@ class PseudonymStore:
 
         def work(conn: Connection) -> None:
             if counts:
-                _add_counts(conn, counts)
+                _add_counts(conn, counts, self._driver)
             if not values:
                 pass
             elif counts_only:
                 conn.execute(_ADD_TO_PAIR, [{"b_kind": v["kind"], "b_original": v["original"],
                                              "b_count": v["count"], "b_seen": v["last_seen"]}
                                             for v in values])
+            elif self._driver is not None:
+                time_value = self._driver.time_value
+                conn.exec_driver_sql(self._driver.pairs, [
+                    (kind, original, pseudonym, time_value(seen), time_value(seen), count)
+                    for (kind, original), (pseudonym, count, seen) in sorted(rows.items())])
             elif self._upsert is not None:
                 conn.execute(self._upsert, values)
             else:
@@ -739,10 +781,15 @@ def _counter_upsert(dialect: str) -> Any:
     return _COUNTER_UPSERTS[dialect]
 
 
-def _add_counts(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
+def _add_counts(conn: Connection, counts: Mapping[tuple[str, str], int],
+                driver: _DriverUpserts | None = None) -> None:
     rows = [{"name": name, "destination": destination, "value": value}
             for (name, destination), value in sorted(counts.items()) if value]
     if not rows:
+        return
+    if driver is not None:
+        conn.exec_driver_sql(driver.counters,
+                             [(r["name"], r["destination"], r["value"]) for r in rows])
         return
     upsert = _counter_upsert(conn.dialect.name)
     if upsert is not None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -353,3 +354,37 @@ def test_delivery_counters_gathered_while_the_server_is_down_are_written_after(
 
 def test_the_server_is_running_again_for_the_next_test(postgres_server: PgServer):
     assert postgres_server.running()
+
+
+# --- the driver's SQL for the per-instance upserts ---------------------------------------------------
+
+
+def test_pairs_and_counts_written_by_the_drivers_sql_read_back_as_sqlalchemys(any_url, monkeypatch):
+    """The per-instance upserts run as plain SQL through the driver; what they write (times,
+    counts added on a repeat, counters) reads back exactly as what SQLAlchemy's statements
+    write, on SQLite and PostgreSQL."""
+    seen = datetime(2026, 12, 5, 16, 0, 1, 234567, tzinfo=UTC)
+    monkeypatch.setattr(state, "_now", lambda: seen)
+    fast, compiled = PseudonymStore(any_url), PseudonymStore(any_url)
+    compiled._driver = None  # SQLAlchemy's INSERT ... ON CONFLICT, as before
+    try:
+        assert fast._driver is not None
+        for store, original in ((fast, "1.2.1"), (compiled, "1.2.2")):
+            store.record([Pseudonym("uid", original, f"2.25.{original}")],
+                         counts={(RECEIVED, ""): 1})
+            store._known.clear()  # written again as new: the upsert adds to its count
+            store.record([Pseudonym("uid", original, f"2.25.{original}")],
+                         counts={(RECEIVED, ""): 1})
+        entries = {e.original: e for e in fast.export(["uid"])}
+        for original in ("1.2.1", "1.2.2"):
+            entry = entries[original]
+            assert (entry.pseudonym, entry.count) == (f"2.25.{original}", 2)
+            assert entry.first_seen == seen and entry.last_seen == seen
+        deliveries = Deliveries(any_url)
+        try:
+            assert deliveries.counters()[(RECEIVED, "")] == 4
+        finally:
+            deliveries.close()
+    finally:
+        fast.close()
+        compiled.close()
