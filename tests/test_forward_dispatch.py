@@ -4,6 +4,7 @@ done with it (and report so, from its own thread) before the others have it queu
 from __future__ import annotations
 
 import multiprocessing
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from gateway.forward import Dispatcher
 from gateway.forward_process import ENTRY, REPORT, REUSABLE, SPARES_PER_MESSAGE, Forwarding
 from gateway.quarantine import Quarantine
-from gateway.settings import parse_settings
+from gateway.settings import Settings, parse_settings
 from gateway.spool import Spool, SpoolEntry
 from gateway.state import FORWARDED, SENT, Deliveries
 
@@ -57,15 +58,21 @@ def test_an_entry_delivered_to_one_archive_while_it_is_queued_for_the_other(
         spool.close()
 
 
-def test_a_forwarding_process_that_fails_still_writes_its_counts(tmp_path: Path) -> None:
-    """The serving process restarts a forwarding process that ended on a bug; what it had
-    counted in memory (forwarded, dead-lettered) is written on the way out, not lost."""
+def forwarding_process(tmp_path: Path) -> tuple[Settings, Forwarding, Connection, Connection]:
+    """A forwarding process's work, in this process, for one archive; and both ends of the
+    connection it has to the serving process (``ours``, ``theirs``)."""
     settings = parse_settings({
         "gateway": {"data_dir": str(tmp_path / "var")},
         "destinations": [{"name": "archive", "ae_title": "ARCHIVE", "port": 11112}]})
     Spool(settings.spool_dir).prepare(owner=True).close()
     ours, theirs = multiprocessing.Pipe()
-    forwarding = Forwarding(settings, theirs)
+    return settings, Forwarding(settings, theirs), ours, theirs
+
+
+def test_a_forwarding_process_that_fails_still_writes_its_counts(tmp_path: Path) -> None:
+    """The serving process restarts a forwarding process that ended on a bug; what it had
+    counted in memory (forwarded, dead-lettered) is written on the way out, not lost."""
+    settings, forwarding, ours, theirs = forwarding_process(tmp_path)
     forwarding.deliveries.count({(FORWARDED, "archive"): 3})  # in memory, as senders count
     ours.send((ENTRY, None))  # not an (entry, done) pair: a bug in the process
     with pytest.raises(TypeError):
@@ -83,12 +90,7 @@ def test_forwarded_files_go_back_to_the_serving_process_in_batches(tmp_path: Pat
     """Each forwarded file is handed back to be written over, sixteen to a message (one
     wake-up of the serving process, not one per instance); the rest go with the next report,
     so none is held back for long."""
-    settings = parse_settings({
-        "gateway": {"data_dir": str(tmp_path / "var")},
-        "destinations": [{"name": "archive", "ae_title": "ARCHIVE", "port": 11112}]})
-    Spool(settings.spool_dir).prepare(owner=True).close()
-    ours, theirs = multiprocessing.Pipe()
-    forwarding = Forwarding(settings, theirs)
+    _, forwarding, ours, theirs = forwarding_process(tmp_path)
     try:
         spares = [tmp_path / f"spare-{n}.dcm" for n in range(SPARES_PER_MESSAGE + 3)]
         for spare in spares:
