@@ -500,28 +500,31 @@ class PseudonymStore:
                counts: Mapping[tuple[str, str], int] | None = None) -> None:
         # Sorted, as every node writes them: two transactions taking row locks in one order
         # wait for each other instead of deadlocking.
-        values = [{"kind": kind, "original": original, "pseudonym": pseudonym,
-                   "first_seen": seen, "last_seen": seen, "count": count}
-                  for (kind, original), (pseudonym, count, seen) in sorted(rows.items())]
+        ordered = sorted(rows.items())
+
+        def values() -> list[dict[str, object]]:
+            return [{"kind": kind, "original": original, "pseudonym": pseudonym,
+                     "first_seen": seen, "last_seen": seen, "count": count}
+                    for (kind, original), (pseudonym, count, seen) in ordered]
 
         def work(conn: Connection) -> None:
             if counts:
                 _add_counts(conn, counts, self._driver)
-            if not values:
+            if not ordered:
                 pass
             elif counts_only:
-                conn.execute(_ADD_TO_PAIR, [{"b_kind": v["kind"], "b_original": v["original"],
-                                             "b_count": v["count"], "b_seen": v["last_seen"]}
-                                            for v in values])
+                conn.execute(_ADD_TO_PAIR, [{"b_kind": kind, "b_original": original,
+                                             "b_count": count, "b_seen": seen}
+                                            for (kind, original), (_, count, seen) in ordered])
             elif self._driver is not None:
                 time_value = self._driver.time_value
                 conn.exec_driver_sql(self._driver.pairs, [
                     (kind, original, pseudonym, time_value(seen), time_value(seen), count)
-                    for (kind, original), (pseudonym, count, seen) in sorted(rows.items())])
+                    for (kind, original), (pseudonym, count, seen) in ordered])
             elif self._upsert is not None:
-                conn.execute(self._upsert, values)
+                conn.execute(self._upsert, values())
             else:
-                self._write_portably(conn, values)
+                self._write_portably(conn, values())
 
         try:
             self._writer.run(work)
@@ -783,14 +786,15 @@ def _counter_upsert(dialect: str) -> Any:
 
 def _add_counts(conn: Connection, counts: Mapping[tuple[str, str], int],
                 driver: _DriverUpserts | None = None) -> None:
-    rows = [{"name": name, "destination": destination, "value": value}
-            for (name, destination), value in sorted(counts.items()) if value]
-    if not rows:
+    added = [(name, destination, value)
+             for (name, destination), value in sorted(counts.items()) if value]
+    if not added:
         return
     if driver is not None:
-        conn.exec_driver_sql(driver.counters,
-                             [(r["name"], r["destination"], r["value"]) for r in rows])
+        conn.exec_driver_sql(driver.counters, added)
         return
+    rows = [{"name": name, "destination": destination, "value": value}
+            for name, destination, value in added]
     upsert = _counter_upsert(conn.dialect.name)
     if upsert is not None:
         conn.execute(upsert, rows)
